@@ -1,0 +1,132 @@
+//! Builds the guest workspace in `plugins/` to wasm32-wasip2 components and writes
+//! `$OUT_DIR/builtins.rs`, which embeds each component. A plain `cargo build` of the host thus
+//! always carries up-to-date built-in plugins.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// Every guest crate in `plugins/`, by package name. The constant it becomes is the name in
+/// upper case with `-` turned into `_`.
+const GUESTS: &[&str] = &["probe"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    let plugins = root.join("plugins");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
+
+    for watched in ["plugins", "wit"] {
+        rerun_if_changed(&root.join(watched));
+    }
+
+    ensure_target();
+
+    // A separate target directory: the outer cargo holds the lock on the host's one.
+    let target_dir = guest_target_dir(&out_dir);
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(TARGET)
+        .arg("--manifest-path")
+        .arg(plugins.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Flags meant for the host build must not leak into the guest build.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        command.env_remove(var);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the guest components: {e}"));
+    assert!(
+        status.success(),
+        "building the guest components in {} failed ({status})",
+        plugins.display()
+    );
+
+    let mut generated = String::from(
+        "/// The built-in components, by package name.\npub const ALL: &[Builtin] = &[\n",
+    );
+    let mut constants = String::new();
+    for guest in GUESTS {
+        let file = guest.replace('-', "_");
+        let built = target_dir.join(TARGET).join("release").join(format!("{file}.wasm"));
+        let embedded = out_dir.join(format!("{file}.wasm"));
+        std::fs::copy(&built, &embedded).unwrap_or_else(|e| {
+            panic!("guest component {} is missing: {e}", built.display())
+        });
+        let constant = file.to_uppercase();
+        constants.push_str(&format!(
+            "/// The `{guest}` component from `plugins/{guest}`.\npub const {constant}: Builtin = Builtin {{ name: {guest:?}, wasm: include_bytes!({:?}) }};\n",
+            embedded.display().to_string()
+        ));
+        generated.push_str(&format!("    {constant},\n"));
+    }
+    generated.push_str("];\n");
+    std::fs::write(out_dir.join("builtins.rs"), constants + &generated)
+        .expect("write builtins.rs");
+}
+
+fn rerun_if_changed(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "target") {
+            continue;
+        }
+        if path.is_dir() {
+            rerun_if_changed(&path);
+        } else {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    println!("cargo:rerun-if-changed={}", dir.display());
+}
+
+/// `target/<profile>/build/<crate>-<hash>/out` → `target/guests`.
+fn guest_target_dir(out_dir: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .nth(4)
+        .map(|target| target.join("guests"))
+        .unwrap_or_else(|| out_dir.join("guests"))
+}
+
+/// Makes sure the wasm32-wasip2 standard library is installed. Machines that set
+/// `RUSTUP_AUTO_INSTALL=0` do not install it from `rust-toolchain.toml`, so ask rustup directly.
+fn ensure_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).exists()) {
+        return;
+    }
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        added,
+        "the {TARGET} target is not installed and `rustup target add {TARGET}` failed; \
+         install it and build again"
+    );
+}

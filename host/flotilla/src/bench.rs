@@ -1,0 +1,368 @@
+//! `flotilla bench store`: the embedded store and a real etcd measured side by side in one run,
+//! through the same `Store` trait, on the same disk. Prints a Markdown report for BENCHMARKS.md.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use flotilla_store::testing::EtcdServer;
+use flotilla_store::{
+    EmbeddedOptions, EmbeddedStore, RangeRequest, SharedStore, StoreExt,
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreBenchArgs {
+    /// Which backends to measure.
+    #[arg(long, default_value = "both", value_parser = ["both", "embedded", "etcd"])]
+    backend: String,
+    /// Writes measured with one writer.
+    #[arg(long, default_value_t = 2000)]
+    serial_writes: usize,
+    /// Writes measured with 64 concurrent writers.
+    #[arg(long, default_value_t = 20000)]
+    concurrent_writes: usize,
+    /// Concurrent writers in the concurrent run.
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
+    /// Value size in bytes (Kubernetes pods are 2-4 KB).
+    #[arg(long, default_value_t = 3000)]
+    value_bytes: usize,
+    /// Keys ranged over in the range benchmark.
+    #[arg(long, default_value_t = 10000)]
+    range_keys: usize,
+    /// Watchers on one prefix in the watch benchmark.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Writes per second during the watch benchmark.
+    #[arg(long, default_value_t = 1000)]
+    watch_rate: u64,
+    /// How long the watch benchmark writes.
+    #[arg(long, default_value_t = 5)]
+    watch_seconds: u64,
+    /// Directory for the stores' data (a temporary directory inside it is used and removed).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// One backend's figures.
+#[derive(Debug, Default)]
+struct Figures {
+    serial_rate: f64,
+    serial_p50_us: u64,
+    serial_p99_us: u64,
+    concurrent_rate: f64,
+    concurrent_p99_us: u64,
+    range_keys_per_s: f64,
+    watch_p50_us: u64,
+    watch_p99_us: u64,
+    watch_events: u64,
+    watch_missing: u64,
+}
+
+pub async fn store(args: StoreBenchArgs) -> anyhow::Result<()> {
+    let base = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir()?,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot create a scratch directory in {}", base.display()))?;
+    let fsync = measure_fsync(scratch.path())?;
+    eprintln!(
+        "disk: fdatasync p50 {} µs, p99 {} µs",
+        fsync.value_at_quantile(0.5),
+        fsync.value_at_quantile(0.99)
+    );
+
+    let mut results: Vec<(&'static str, Figures)> = Vec::new();
+    if args.backend == "both" || args.backend == "embedded" {
+        let options = EmbeddedOptions {
+            compaction_window: None,
+            ..EmbeddedOptions::default()
+        };
+        let store: SharedStore =
+            Arc::new(EmbeddedStore::open(scratch.path().join("embedded"), options).await?);
+        results.push(("embedded", run_backend(store, &args).await?));
+    }
+    if args.backend == "both" || args.backend == "etcd" {
+        // etcd's data directory is a temporary one on the same filesystem as the default tmp;
+        // FLOTILLA_BENCH_TMP can point TMPDIR elsewhere to keep both on one disk.
+        let server = EtcdServer::start().await?;
+        let store: SharedStore = Arc::new(server.connect().await?);
+        results.push(("etcd", run_backend(store, &args).await?));
+    }
+
+    println!("{}", report(&args, &fsync, &results));
+    Ok(())
+}
+
+async fn run_backend(store: SharedStore, args: &StoreBenchArgs) -> anyhow::Result<Figures> {
+    let name = store.backend();
+    let value = Bytes::from(vec![b'x'; args.value_bytes]);
+    let mut figures = Figures::default();
+
+    // One writer.
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    for i in 0..args.serial_writes {
+        let t = Instant::now();
+        let outcome = store
+            .create(&format!("/bench/serial/{i:08}"), value.clone(), None)
+            .await?;
+        anyhow::ensure!(outcome.applied(), "serial create {i} was not applied");
+        latencies.record(t.elapsed().as_micros() as u64)?;
+    }
+    figures.serial_rate = args.serial_writes as f64 / started.elapsed().as_secs_f64();
+    figures.serial_p50_us = latencies.value_at_quantile(0.5);
+    figures.serial_p99_us = latencies.value_at_quantile(0.99);
+    eprintln!(
+        "{name}: 1 writer: {:.0} writes/s, p50 {} µs, p99 {} µs",
+        figures.serial_rate, figures.serial_p50_us, figures.serial_p99_us
+    );
+
+    // Many writers.
+    let per_writer = args.concurrent_writes.div_ceil(args.writers);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let store = store.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new(3)?;
+            for i in 0..per_writer {
+                let t = Instant::now();
+                let outcome = store
+                    .create(&format!("/bench/concurrent/{w:03}/{i:08}"), value.clone(), None)
+                    .await?;
+                anyhow::ensure!(outcome.applied(), "concurrent create was not applied");
+                latencies.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        latencies.add(task.await??)?;
+    }
+    figures.concurrent_rate = (per_writer * args.writers) as f64 / started.elapsed().as_secs_f64();
+    figures.concurrent_p99_us = latencies.value_at_quantile(0.99);
+    eprintln!(
+        "{name}: {} writers: {:.0} writes/s, p99 {} µs",
+        args.writers, figures.concurrent_rate, figures.concurrent_p99_us
+    );
+
+    // Range throughput: page through the prefix 500 keys at a time, from one snapshot.
+    let prefix = "/bench/range/";
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let store = store.clone();
+        let value = value.clone();
+        let count = args.range_keys;
+        let writers = args.writers;
+        tasks.push(tokio::spawn(async move {
+            for i in (w..count).step_by(writers) {
+                store
+                    .create(&format!("{prefix}{i:08}"), value.clone(), None)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let started = Instant::now();
+    let mut ranged = 0usize;
+    let rounds = 5;
+    for _ in 0..rounds {
+        let mut request = RangeRequest::prefix(prefix).limit(500);
+        loop {
+            let page = store.range(request.clone()).await?;
+            ranged += page.kvs.len();
+            match page.continue_from() {
+                Some(next) => {
+                    request = request.start(next).at(page.revision);
+                }
+                None => break,
+            }
+        }
+    }
+    anyhow::ensure!(
+        ranged == rounds * args.range_keys,
+        "ranged {ranged} keys, expected {}",
+        rounds * args.range_keys
+    );
+    figures.range_keys_per_s = ranged as f64 / started.elapsed().as_secs_f64();
+    eprintln!("{name}: range: {:.0} keys/s", figures.range_keys_per_s);
+
+    // Watch fan-out: many watchers on one prefix, paced writes carrying their send time.
+    let (p50, p99, events, missing) = watch_latency(&store, args).await?;
+    figures.watch_p50_us = p50;
+    figures.watch_p99_us = p99;
+    figures.watch_events = events;
+    figures.watch_missing = missing;
+    eprintln!(
+        "{name}: watch: {} watchers, {events} deliveries, p50 {p50} µs, p99 {p99} µs",
+        args.watchers
+    );
+    Ok(figures)
+}
+
+async fn watch_latency(
+    store: &SharedStore,
+    args: &StoreBenchArgs,
+) -> anyhow::Result<(u64, u64, u64, u64)> {
+    let prefix = "/bench/watch/";
+    let epoch = Instant::now();
+    let writes = (args.watch_rate * args.watch_seconds) as usize;
+    let mut watchers = Vec::new();
+    for _ in 0..args.watchers {
+        let mut stream = store.watch(prefix, 0).await?;
+        watchers.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new(3)?;
+            let mut seen = 0usize;
+            while seen < writes {
+                let Some(event) = stream.next().await else {
+                    break;
+                };
+                let event = event?;
+                let sent = u64::from_le_bytes(event.kv.value[..8].try_into()?);
+                let now = epoch.elapsed().as_micros() as u64;
+                latencies.record(now.saturating_sub(sent))?;
+                seen += 1;
+            }
+            anyhow::Ok((latencies, seen))
+        }));
+    }
+    let interval = Duration::from_nanos(1_000_000_000 / args.watch_rate.max(1));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let padding = vec![b'w'; args.value_bytes.saturating_sub(8)];
+    for i in 0..writes {
+        tick.tick().await;
+        let mut value = Vec::with_capacity(args.value_bytes);
+        value.extend_from_slice(&(epoch.elapsed().as_micros() as u64).to_le_bytes());
+        value.extend_from_slice(&padding);
+        store
+            .put(&format!("{prefix}{:04}", i % 100), Bytes::from(value), None)
+            .await?;
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut delivered = 0u64;
+    let mut missing = 0u64;
+    for watcher in watchers {
+        let (histogram, seen) =
+            tokio::time::timeout(Duration::from_secs(60), watcher).await???;
+        latencies.add(histogram)?;
+        delivered += seen as u64;
+        missing += (writes - seen) as u64;
+    }
+    Ok((
+        latencies.value_at_quantile(0.5),
+        latencies.value_at_quantile(0.99),
+        delivered,
+        missing,
+    ))
+}
+
+/// fdatasync latency of the disk under `dir`, for the report.
+fn measure_fsync(dir: &Path) -> anyhow::Result<Histogram<u64>> {
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = vec![0u8; 4096];
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for _ in 0..200 {
+        file.write_all(&block)?;
+        let t = Instant::now();
+        file.sync_data()?;
+        histogram.record(t.elapsed().as_micros() as u64)?;
+    }
+    std::fs::remove_file(path)?;
+    Ok(histogram)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or_else(|| "unknown".into(), |kb| format!("{:.1} GiB", kb as f64 / 1048576.0));
+    format!("{cpu}, {cores} cores, {memory} RAM")
+}
+
+fn report(args: &StoreBenchArgs, fsync: &Histogram<u64>, results: &[(&str, Figures)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "Disk fdatasync (4 KiB): p50 {} µs, p99 {} µs",
+        fsync.value_at_quantile(0.5),
+        fsync.value_at_quantile(0.99)
+    );
+    let _ = writeln!(
+        out,
+        "Values {} bytes; {} serial writes; {} writes over {} writers; {} keys ranged 5x in pages of 500; {} watchers at {} writes/s for {} s.\n",
+        args.value_bytes,
+        args.serial_writes,
+        args.concurrent_writes,
+        args.writers,
+        args.range_keys,
+        args.watchers,
+        args.watch_rate,
+        args.watch_seconds
+    );
+    let _ = writeln!(
+        out,
+        "| backend | 1 writer (writes/s) | p50 / p99 (µs) | {} writers (writes/s) | p99 (µs) | range (keys/s) | watch p50 / p99 (µs) | deliveries (missing) |",
+        args.writers
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for (name, f) in results {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {} / {} | {:.0} | {} | {:.0} | {} / {} | {} ({}) |",
+            f.serial_rate,
+            f.serial_p50_us,
+            f.serial_p99_us,
+            f.concurrent_rate,
+            f.concurrent_p99_us,
+            f.range_keys_per_s,
+            f.watch_p50_us,
+            f.watch_p99_us,
+            f.watch_events,
+            f.watch_missing
+        );
+    }
+    if let [(_, embedded), (_, etcd)] = results {
+        let _ = writeln!(
+            out,
+            "\nembedded / etcd: 1 writer {:.2}x, {} writers {:.2}x, range {:.2}x",
+            embedded.serial_rate / etcd.serial_rate,
+            args.writers,
+            embedded.concurrent_rate / etcd.concurrent_rate,
+            embedded.range_keys_per_s / etcd.range_keys_per_s
+        );
+    }
+    out
+}

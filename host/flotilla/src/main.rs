@@ -1,0 +1,97 @@
+//! `flotilla`: the one host binary. It parses the command line and wires libraries together —
+//! the store, and (as they land) the API server, scheduler, controllers and node agent. Logic
+//! that is not process wiring belongs in a library crate, not here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod server;
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "A Kubernetes-compatible orchestrator whose policy layer is WebAssembly")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole single-machine cluster on the embedded store.
+    Up {
+        /// Where the cluster keeps its state.
+        #[arg(long, default_value = "flotilla-data", env = "FLOTILLA_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address of the server's endpoint.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+    },
+    /// Run the control plane on the embedded store or an etcd cluster.
+    Server {
+        /// Where the server keeps its state (the embedded store lives here).
+        #[arg(long, default_value = "flotilla-data", env = "FLOTILLA_DATA_DIR")]
+        data_dir: PathBuf,
+        /// `embedded`, or `etcd://host:port[,host:port...]`.
+        #[arg(long, default_value = "embedded")]
+        datastore: flotilla_store::Datastore,
+        /// Address of the server's endpoint.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Store benchmark: the embedded store and a real etcd, side by side.
+    Store(bench::StoreBenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up { data_dir, listen } => {
+                server::run(server::ServerConfig {
+                    data_dir,
+                    datastore: flotilla_store::Datastore::Embedded,
+                    listen,
+                })
+                .await
+            }
+            Command::Server {
+                data_dir,
+                datastore,
+                listen,
+            } => {
+                server::run(server::ServerConfig {
+                    data_dir,
+                    datastore,
+                    listen,
+                })
+                .await
+            }
+            Command::Bench {
+                what: BenchCommand::Store(args),
+            } => bench::store(args).await,
+        }
+    })
+}

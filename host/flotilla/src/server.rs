@@ -1,0 +1,84 @@
+//! `flotilla up` and `flotilla server`: open the store, serve health endpoints, stop cleanly on
+//! SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use flotilla_store::{Datastore, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, SharedStore};
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub datastore: Datastore,
+    pub listen: SocketAddr,
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &ServerConfig) -> anyhow::Result<SharedStore> {
+    Ok(match &config.datastore {
+        Datastore::Embedded => Arc::new(
+            EmbeddedStore::open(&config.data_dir, EmbeddedOptions::default())
+                .await
+                .context("cannot open the embedded store")?,
+        ),
+        Datastore::Etcd { endpoints } => Arc::new(
+            EtcdStore::connect(endpoints, EtcdOptions::default())
+                .await
+                .context("cannot connect to etcd")?,
+        ),
+    })
+}
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let revision = store.current_revision().await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    match &config.datastore {
+        Datastore::Embedded => println!(
+            "flotilla: store embedded in {} at revision {revision}",
+            config.data_dir.display()
+        ),
+        Datastore::Etcd { endpoints } => println!(
+            "flotilla: store on etcd {} at revision {revision}",
+            endpoints.join(",")
+        ),
+    }
+    println!("flotilla: serving on http://{address} (health: http://{address}/healthz)");
+
+    let app = axum::Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(health))
+        .route("/livez", get(|| async { "ok" }))
+        .with_state(store);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    println!("flotilla: stopped");
+    Ok(())
+}
+
+/// Healthy when the store answers.
+async fn health(State(store): State<SharedStore>) -> (StatusCode, String) {
+    match store.current_revision().await {
+        Ok(_) => (StatusCode::OK, "ok".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
