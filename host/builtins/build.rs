@@ -14,7 +14,10 @@ const GUESTS: &[&str] = &["probe"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
@@ -64,11 +67,13 @@ fn main() {
     let mut constants = String::new();
     for guest in GUESTS {
         let file = guest.replace('-', "_");
-        let built = target_dir.join(TARGET).join("release").join(format!("{file}.wasm"));
+        let built = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{file}.wasm"));
         let embedded = out_dir.join(format!("{file}.wasm"));
-        std::fs::copy(&built, &embedded).unwrap_or_else(|e| {
-            panic!("guest component {} is missing: {e}", built.display())
-        });
+        std::fs::copy(&built, &embedded)
+            .unwrap_or_else(|e| panic!("guest component {} is missing: {e}", built.display()));
         let constant = file.to_uppercase();
         constants.push_str(&format!(
             "/// The `{guest}` component from `plugins/{guest}`.\npub const {constant}: Builtin = Builtin {{ name: {guest:?}, wasm: include_bytes!({:?}) }};\n",
@@ -77,8 +82,7 @@ fn main() {
         generated.push_str(&format!("    {constant},\n"));
     }
     generated.push_str("];\n");
-    std::fs::write(out_dir.join("builtins.rs"), constants + &generated)
-        .expect("write builtins.rs");
+    std::fs::write(out_dir.join("builtins.rs"), constants + &generated).expect("write builtins.rs");
 }
 
 fn rerun_if_changed(dir: &Path) {

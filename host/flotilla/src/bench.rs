@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
+use flotilla_store::testing::EtcdServer;
+use flotilla_store::{EmbeddedOptions, EmbeddedStore, RangeRequest, SharedStore, StoreExt};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use flotilla_store::testing::EtcdServer;
-use flotilla_store::{
-    EmbeddedOptions, EmbeddedStore, RangeRequest, SharedStore, StoreExt,
-};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreBenchArgs {
@@ -139,7 +137,11 @@ async fn run_backend(store: SharedStore, args: &StoreBenchArgs) -> anyhow::Resul
             for i in 0..per_writer {
                 let t = Instant::now();
                 let outcome = store
-                    .create(&format!("/bench/concurrent/{w:03}/{i:08}"), value.clone(), None)
+                    .create(
+                        &format!("/bench/concurrent/{w:03}/{i:08}"),
+                        value.clone(),
+                        None,
+                    )
                     .await?;
                 anyhow::ensure!(outcome.applied(), "concurrent create was not applied");
                 latencies.record(t.elapsed().as_micros() as u64)?;
@@ -258,8 +260,7 @@ async fn watch_latency(
     let mut delivered = 0u64;
     let mut missing = 0u64;
     for watcher in watchers {
-        let (histogram, seen) =
-            tokio::time::timeout(Duration::from_secs(60), watcher).await???;
+        let (histogram, seen) = tokio::time::timeout(Duration::from_secs(60), watcher).await???;
         latencies.add(histogram)?;
         delivered += seen as u64;
         missing += (writes - seen) as u64;
@@ -307,7 +308,10 @@ fn machine() -> String {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map_or_else(|| "unknown".into(), |kb| format!("{:.1} GiB", kb as f64 / 1048576.0));
+        .map_or_else(
+            || "unknown".into(),
+            |kb| format!("{:.1} GiB", kb as f64 / 1048576.0),
+        );
     format!("{cpu}, {cores} cores, {memory} RAM")
 }
 

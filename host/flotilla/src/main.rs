@@ -12,7 +12,11 @@ mod bench;
 mod server;
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "A Kubernetes-compatible orchestrator whose policy layer is WebAssembly")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A Kubernetes-compatible orchestrator whose policy layer is WebAssembly"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -9,7 +9,9 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use flotilla_store::{Datastore, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, SharedStore};
+use flotilla_store::{
+    Datastore, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, SharedStore,
+};
 
 #[derive(Debug)]
 pub struct ServerConfig {

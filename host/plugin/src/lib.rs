@@ -180,12 +180,11 @@ impl PluginHost {
     /// Compiles a module. The error names the plugin and the digest of what it was given.
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Module, PluginError> {
         let digest = digest(wasm);
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| PluginError::Compile {
-                name: name.to_owned(),
-                digest: digest.clone(),
-                message: format!("{e:#}"),
-            })?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| PluginError::Compile {
+            name: name.to_owned(),
+            digest: digest.clone(),
+            message: format!("{e:#}"),
+        })?;
         Ok(Module {
             name: name.to_owned(),
             digest,
@@ -210,11 +209,13 @@ impl PluginHost {
     pub fn describe(&self, module: &Module) -> Result<PluginInfo, PluginError> {
         let mut store = self.store();
         let linker = Linker::<HostState>::new(&self.engine);
-        let probe = bindings::Probe::instantiate(&mut store, &module.component, &linker)
-            .map_err(|e| PluginError::Instantiate {
-                name: module.name.clone(),
-                digest: module.digest.clone(),
-                message: format!("{e:#}"),
+        let probe =
+            bindings::Probe::instantiate(&mut store, &module.component, &linker).map_err(|e| {
+                PluginError::Instantiate {
+                    name: module.name.clone(),
+                    digest: module.digest.clone(),
+                    message: format!("{e:#}"),
+                }
             })?;
         let info = probe
             .flotilla_plugin_meta()

@@ -155,10 +155,9 @@ impl EmbeddedStore {
     /// runtime: lease expiry and automatic compaction run as tasks on it.
     pub async fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        let shared =
-            tokio::task::spawn_blocking(move || open_database(&dir).map(Arc::new))
-                .await
-                .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
+        let shared = tokio::task::spawn_blocking(move || open_database(&dir).map(Arc::new))
+            .await
+            .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
 
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -356,7 +355,8 @@ fn open_database(dir: &Path) -> Result<Shared> {
         path: dir.join(STORE_FILE).display().to_string(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| refuse(format!("cannot create the directory: {e}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| refuse(format!("cannot create the directory: {e}")))?;
     let path = dir.join(STORE_FILE);
     let db = Database::create(&path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -414,7 +414,12 @@ fn open_database(dir: &Path) -> Result<Shared> {
         let meta = txn.open_table(META).map_err(backend)?;
         let now = Instant::now();
         let mut leases = HashMap::new();
-        for entry in txn.open_table(LEASES).map_err(backend)?.iter().map_err(backend)? {
+        for entry in txn
+            .open_table(LEASES)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
             let (id, ttl_ms) = entry.map_err(backend)?;
             let ttl = Duration::from_millis(ttl_ms.value());
             leases.insert(
@@ -498,7 +503,8 @@ impl Record {
         if bytes.len() < RECORD_HEADER {
             return Err(corrupt());
         }
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+        let u64_at =
+            |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
         let key_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap_or_default()) as usize;
         let key_end = RECORD_HEADER + key_len;
         if bytes.len() < key_end {
@@ -544,7 +550,9 @@ fn read_latest(
     let Some(revision) = latest.get(key).map_err(backend)?.map(|v| v.value()) else {
         return Ok(None);
     };
-    read_record(history, revision)?.key_value(revision).map(Some)
+    read_record(history, revision)?
+        .key_value(revision)
+        .map(Some)
 }
 
 /// The key as it was at `at`: its newest record at or below `at`, unless that is a tombstone.
@@ -815,11 +823,25 @@ impl Writer {
             {
                 let mut tables = Tables::open(&txn)?;
                 for request in batch {
-                    answers.push(self.apply(&mut tables, request, &mut events, &mut lease_changes)?);
+                    answers.push(self.apply(
+                        &mut tables,
+                        request,
+                        &mut events,
+                        &mut lease_changes,
+                    )?);
                 }
-                tables.meta.insert(META_REVISION, self.revision).map_err(backend)?;
-                tables.meta.insert(META_COMPACTED, self.compacted).map_err(backend)?;
-                tables.meta.insert(META_NEXT_LEASE, self.next_lease).map_err(backend)?;
+                tables
+                    .meta
+                    .insert(META_REVISION, self.revision)
+                    .map_err(backend)?;
+                tables
+                    .meta
+                    .insert(META_COMPACTED, self.compacted)
+                    .map_err(backend)?;
+                tables
+                    .meta
+                    .insert(META_NEXT_LEASE, self.next_lease)
+                    .map_err(backend)?;
             }
             txn.commit().map_err(backend)
         })();
@@ -837,7 +859,13 @@ impl Writer {
                     for change in lease_changes {
                         match change {
                             LeaseChange::Granted(id, ttl) => {
-                                leases.insert(id, LeaseState { ttl, deadline: now + ttl });
+                                leases.insert(
+                                    id,
+                                    LeaseState {
+                                        ttl,
+                                        deadline: now + ttl,
+                                    },
+                                );
                             }
                             LeaseChange::Revoked(id) => {
                                 leases.remove(&id);
@@ -974,7 +1002,10 @@ impl Writer {
             .history
             .insert(revision, record.encode().as_slice())
             .map_err(backend)?;
-        tables.latest.insert(key.as_bytes(), revision).map_err(backend)?;
+        tables
+            .latest
+            .insert(key.as_bytes(), revision)
+            .map_err(backend)?;
         tables
             .revisions
             .insert((key.as_bytes(), revision), ())
@@ -1046,7 +1077,12 @@ impl Writer {
         lease: LeaseId,
         events: &mut Vec<WatchEvent>,
     ) -> Result<Result<()>> {
-        if tables.leases.remove(lease as u64).map_err(backend)?.is_none() {
+        if tables
+            .leases
+            .remove(lease as u64)
+            .map_err(backend)?
+            .is_none()
+        {
             return Ok(Err(StoreError::LeaseNotFound(lease)));
         }
         let id = lease as u64;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
 use crate::{
@@ -77,7 +77,11 @@ impl EtcdStore {
         }
     }
 
-    async fn try_connect(endpoints: &[String], joined: &str, options: &EtcdOptions) -> Result<Self> {
+    async fn try_connect(
+        endpoints: &[String],
+        joined: &str,
+        options: &EtcdOptions,
+    ) -> Result<Self> {
         let connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(options.request_timeout)
@@ -128,14 +132,17 @@ impl EtcdStore {
                 current: 0,
             };
         }
-        if message.contains("requested lease not found") {
+        // "requested lease not found" from the server, "lease not found" from the keep-alive.
+        if message.contains("lease not found") {
             return StoreError::LeaseNotFound(0);
         }
         let transient = match &e {
-            etcd_client::Error::GRpcStatus(status) => matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            ) && !message.contains("etcdserver: request is too large"),
+            etcd_client::Error::GRpcStatus(status) => {
+                matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ) && !message.contains("etcdserver: request is too large")
+            }
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
             _ => false,
         };
@@ -146,6 +153,14 @@ impl EtcdStore {
             }
         } else {
             StoreError::Backend(format!("etcd at {}: {message}", self.endpoints))
+        }
+    }
+
+    /// Like [`Self::error`], naming the lease: etcd's message does not.
+    fn lease_error(&self, e: etcd_client::Error, lease: LeaseId) -> StoreError {
+        match self.error(e, 0) {
+            StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
+            other => other,
         }
     }
 
@@ -215,7 +230,11 @@ impl Store for EtcdStore {
             Some(start) if start.as_str() > request.prefix.as_str() => start.clone(),
             _ => request.prefix.clone(),
         };
-        let start = if start.is_empty() { "\0".to_owned() } else { start };
+        let start = if start.is_empty() {
+            "\0".to_owned()
+        } else {
+            start
+        };
         self.retry_read(|| async {
             let mut options = GetOptions::new()
                 .with_range(etcd_range_end(&request.prefix))
@@ -277,19 +296,20 @@ impl Store for EtcdStore {
                     TxnOp::get(key, None),
                 ]
             }
-            Op::Delete => vec![TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))],
+            Op::Delete => vec![TxnOp::delete(
+                key,
+                Some(DeleteOptions::new().with_prev_key()),
+            )],
         };
         let txn = Txn::new()
             .when(compare)
             .and_then(then)
             .or_else(vec![TxnOp::get(key, None)]);
-        let response = self.kv().txn(txn).await.map_err(|e| {
-            match self.error(e, 0) {
-                // etcd names neither the lease nor the key; the caller knows the lease.
-                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease.unwrap_or(0)),
-                other => other,
-            }
-        })?;
+        let response = self
+            .kv()
+            .txn(txn)
+            .await
+            .map_err(|e| self.lease_error(e, lease.unwrap_or(0)))?;
         let revision = header_revision(response.header());
         let mut prev = None;
         let mut kv = None;
@@ -434,12 +454,15 @@ impl Store for EtcdStore {
             .lease_client()
             .keep_alive(lease)
             .await
-            .map_err(|e| self.error(e, 0))?;
-        keeper.keep_alive().await.map_err(|e| self.error(e, 0))?;
+            .map_err(|e| self.lease_error(e, lease))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| self.lease_error(e, lease))?;
         let response = responses
             .message()
             .await
-            .map_err(|e| self.error(e, 0))?
+            .map_err(|e| self.lease_error(e, lease))?
             .ok_or_else(|| StoreError::Unavailable {
                 endpoints: self.endpoints.clone(),
                 message: "keep-alive stream closed".into(),
@@ -457,10 +480,7 @@ impl Store for EtcdStore {
             .revoke(lease)
             .await
             .map(|_| ())
-            .map_err(|e| match self.error(e, 0) {
-                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
-                other => other,
-            })
+            .map_err(|e| self.lease_error(e, lease))
     }
 
     fn backend(&self) -> &'static str {

@@ -143,7 +143,10 @@ pub enum Condition {
 /// The operation a [`Store::txn`] applies when its condition holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { value: Bytes, lease: Option<LeaseId> },
+    Put {
+        value: Bytes,
+        lease: Option<LeaseId>,
+    },
     Delete,
 }
 
@@ -253,8 +256,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + fmt::Debug {
     /// Reads one key, at `revision` or (if `None`) the latest state. Returns the key if present and
     /// the revision the read saw.
-    async fn get(&self, key: &str, revision: Option<Revision>)
-    -> Result<(Option<KeyValue>, Revision)>;
+    async fn get(
+        &self,
+        key: &str,
+        revision: Option<Revision>,
+    ) -> Result<(Option<KeyValue>, Revision)>;
 
     /// Reads the keys under a prefix in key order.
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse>;
@@ -303,8 +309,12 @@ pub trait StoreExt: Store {
         expected: Revision,
         lease: Option<LeaseId>,
     ) -> Result<TxnOutcome> {
-        self.txn(key, Condition::ModRevision(expected), Op::Put { value, lease })
-            .await
+        self.txn(
+            key,
+            Condition::ModRevision(expected),
+            Op::Put { value, lease },
+        )
+        .await
     }
 
     /// Writes `key` whatever its state.
@@ -413,7 +423,10 @@ mod tests {
 
     #[test]
     fn prefix_end_increments_last_byte() {
-        assert_eq!(prefix_end(b"/registry/pods/"), Some(b"/registry/pods0".to_vec()));
+        assert_eq!(
+            prefix_end(b"/registry/pods/"),
+            Some(b"/registry/pods0".to_vec())
+        );
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b""), None);
         assert_eq!(prefix_end(b"\xff\xff"), None);
@@ -421,11 +434,19 @@ mod tests {
 
     #[test]
     fn datastore_flag_parses() {
-        assert_eq!("embedded".parse::<Datastore>().unwrap(), Datastore::Embedded);
         assert_eq!(
-            "etcd://127.0.0.1:2379,10.0.0.2:2379".parse::<Datastore>().unwrap(),
+            "embedded".parse::<Datastore>().unwrap(),
+            Datastore::Embedded
+        );
+        assert_eq!(
+            "etcd://127.0.0.1:2379,10.0.0.2:2379"
+                .parse::<Datastore>()
+                .unwrap(),
             Datastore::Etcd {
-                endpoints: vec!["http://127.0.0.1:2379".into(), "http://10.0.0.2:2379".into()]
+                endpoints: vec![
+                    "http://127.0.0.1:2379".into(),
+                    "http://10.0.0.2:2379".into()
+                ]
             }
         );
         let err = "mysql://x".parse::<Datastore>().unwrap_err().to_string();

@@ -17,6 +17,7 @@ pub struct EtcdServer {
     child: Child,
     dir: tempfile::TempDir,
     client_url: String,
+    peer_url: String,
 }
 
 /// The environment variable that enables tests needing a real etcd. CI sets it; without it
@@ -38,51 +39,77 @@ fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("etcd"))
 }
 
+fn start_failed(what: String) -> StoreError {
+    StoreError::Backend(format!("cannot start etcd: {what}"))
+}
+
+fn spawn_etcd(
+    dir: &std::path::Path,
+    client_url: &str,
+    peer_url: &str,
+) -> Result<Child, StoreError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .map_err(|e| start_failed(e.to_string()))?;
+    Command::new(etcd_binary())
+        .arg("--name=flotilla-test")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=flotilla-test={peer_url}"))
+        .arg("--log-level=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            start_failed(format!(
+                "{} ({e}); install Debian's etcd-server (scripts/deps does)",
+                etcd_binary().display()
+            ))
+        })
+}
+
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it serves requests.
     pub async fn start() -> Result<Self, StoreError> {
-        let failed = |what: String| StoreError::Backend(format!("cannot start etcd: {what}"));
-        let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
-        let client_port = free_port().map_err(|e| failed(e.to_string()))?;
-        let peer_port = free_port().map_err(|e| failed(e.to_string()))?;
+        let dir = tempfile::tempdir().map_err(|e| start_failed(e.to_string()))?;
+        let client_port = free_port().map_err(|e| start_failed(e.to_string()))?;
+        let peer_port = free_port().map_err(|e| start_failed(e.to_string()))?;
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.path().join("etcd.log"))
-            .map_err(|e| failed(e.to_string()))?;
-        let child = Command::new(etcd_binary())
-            .arg("--name=flotilla-test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=flotilla-test={peer_url}"))
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                failed(format!(
-                    "{} ({e}); install Debian's etcd-server (scripts/deps does)",
-                    etcd_binary().display()
-                ))
-            })?;
+        let child = spawn_etcd(dir.path(), &client_url, &peer_url)?;
         let mut server = Self {
             child,
             dir,
             client_url,
+            peer_url,
         };
         server.wait_ready().await?;
         Ok(server)
+    }
+
+    /// Kills etcd with SIGKILL and starts it again on the same data and ports.
+    pub async fn restart(&mut self) -> Result<(), StoreError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_etcd(self.dir.path(), &self.client_url, &self.peer_url)?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> Result<(), StoreError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-                return Err(StoreError::Backend(format!("etcd exited with {status}: {log}")));
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                return Err(StoreError::Backend(format!(
+                    "etcd exited with {status}: {log}"
+                )));
             }
             let options = EtcdOptions {
                 retry_for: Duration::from_millis(200),

@@ -1,0 +1,130 @@
+//! Behaviour of the embedded backend alone: automatic compaction and space reuse, refusal of
+//! foreign or corrupt data directories.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_store::embedded::STORE_FILE;
+use flotilla_store::{EmbeddedOptions, EmbeddedStore, Store, StoreError, StoreExt};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Writes `count` 4 KiB values over 100 keys with 32 concurrent writers.
+async fn churn(store: &EmbeddedStore, count: usize) {
+    let writers = 32;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = Bytes::from(vec![b'c'; 4096]);
+            for i in (w..count).step_by(writers) {
+                store
+                    .put(&format!("/churn/{}", i % 100), value.clone(), None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+async fn wait_compacted_to(store: &EmbeddedStore, revision: i64) {
+    let deadline = Instant::now() + WAIT;
+    while store.compacted_revision() < revision {
+        assert!(
+            Instant::now() < deadline,
+            "automatic compaction did not reach {revision} (at {})",
+            store.compacted_revision()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_keeps_the_file_from_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        compaction_window: Some(Duration::from_millis(200)),
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open(dir.path(), options).await.unwrap();
+
+    // Each round writes ~40 MB of history over 100 live keys (400 KB of live data).
+    churn(&store, 10_000).await;
+    wait_compacted_to(&store, store.current_revision().await.unwrap()).await;
+    let after_first = store.file_size().unwrap();
+    for _ in 0..4 {
+        churn(&store, 10_000).await;
+        wait_compacted_to(&store, store.current_revision().await.unwrap()).await;
+    }
+    let after_five = store.file_size().unwrap();
+    assert!(
+        after_five <= after_first * 3 / 2,
+        "store grew from {after_first} to {after_five} bytes under churn with compaction"
+    );
+    // Live data is intact.
+    let page = store
+        .range(flotilla_store::RangeRequest::prefix("/churn/"))
+        .await
+        .unwrap();
+    assert_eq!(page.kvs.len(), 100);
+    assert!(page.kvs.iter().all(|kv| kv.version == 500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&path, &garbage).unwrap();
+    let err = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Refused { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file was modified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_redb_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("accounts");
+            let mut t = txn.open_table(table).unwrap();
+            t.insert("alice", "100").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("not a Flotilla store"), "{message}");
+    assert!(message.contains("accounts"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_open_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let err = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already open"), "{err}");
+}
