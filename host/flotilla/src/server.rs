@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -68,11 +69,18 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Healthy when the store answers.
+/// How long a health check waits for the store.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Healthy when the store answers in time.
 async fn health(State(store): State<SharedStore>) -> (StatusCode, String) {
-    match store.current_revision().await {
-        Ok(_) => (StatusCode::OK, "ok".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    match tokio::time::timeout(HEALTH_TIMEOUT, store.current_revision()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: no answer within {HEALTH_TIMEOUT:?}"),
+        ),
     }
 }
 

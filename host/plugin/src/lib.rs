@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::ResourceTable;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Host bindings for every world in `wit/`. Generated here and nowhere else.
 pub mod bindings {
@@ -100,12 +102,26 @@ pub struct Module {
 /// The state every plugin instance's store carries.
 struct HostState {
     limits: StoreLimits,
+    /// Plugins built with a standard library import WASI. They get a sandbox: no arguments,
+    /// environment, files or sockets; stdio goes nowhere.
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
 }
 
 /// The wasmtime engine with Flotilla's configuration, and a thread that advances its epoch.
 #[derive(Clone)]
 pub struct PluginHost {
     engine: Engine,
+    linker: Arc<Linker<HostState>>,
     limits: Limits,
     /// Held, never read: the epoch thread runs while any handle to this host exists.
     _ticker: Arc<Ticker>,
@@ -150,6 +166,9 @@ impl PluginHost {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -168,6 +187,7 @@ impl PluginHost {
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self {
             engine,
+            linker: Arc::new(linker),
             limits,
             _ticker: Arc::new(Ticker { stop }),
         })
@@ -197,7 +217,12 @@ impl PluginHost {
             .memory_size(self.limits.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, HostState { limits });
+        let state = HostState {
+            limits,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let ticks = self.limits.call_deadline.as_millis().max(1) as u64;
         store.set_epoch_deadline(ticks / EPOCH_TICK.as_millis().max(1) as u64);
@@ -208,14 +233,11 @@ impl PluginHost {
     /// version before trusting it with anything else.
     pub fn describe(&self, module: &Module) -> Result<PluginInfo, PluginError> {
         let mut store = self.store();
-        let linker = Linker::<HostState>::new(&self.engine);
-        let probe =
-            bindings::Probe::instantiate(&mut store, &module.component, &linker).map_err(|e| {
-                PluginError::Instantiate {
-                    name: module.name.clone(),
-                    digest: module.digest.clone(),
-                    message: format!("{e:#}"),
-                }
+        let probe = bindings::Probe::instantiate(&mut store, &module.component, &self.linker)
+            .map_err(|e| PluginError::Instantiate {
+                name: module.name.clone(),
+                digest: module.digest.clone(),
+                message: format!("{e:#}"),
             })?;
         let info = probe
             .flotilla_plugin_meta()

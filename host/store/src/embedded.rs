@@ -581,23 +581,21 @@ fn read_at(
 
 fn range_blocking(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse> {
     let prefix = request.prefix.as_bytes();
+    // A continuation may start anywhere inside the prefix; before it means the prefix itself.
     let start = match &request.start {
-        Some(start) if start.as_bytes() < prefix || !start.as_bytes().starts_with(prefix) => {
-            if start.as_bytes() < prefix {
-                prefix.to_vec()
-            } else {
-                // Past the whole prefix: nothing to read.
-                return Ok(RangeResponse {
-                    kvs: Vec::new(),
-                    more: false,
-                    revision: shared.revision.load(Ordering::Acquire),
-                });
-            }
-        }
-        Some(start) => start.as_bytes().to_vec(),
-        None => prefix.to_vec(),
+        Some(start) if start.as_bytes() > prefix => start.as_bytes().to_vec(),
+        _ => prefix.to_vec(),
     };
     let end = prefix_end(prefix);
+    if end.as_ref().is_some_and(|end| start >= *end) {
+        return Ok(RangeResponse {
+            kvs: Vec::new(),
+            more: false,
+            revision: request
+                .revision
+                .unwrap_or_else(|| shared.revision.load(Ordering::Acquire)),
+        });
+    }
     let limit = if request.limit == 0 {
         usize::MAX
     } else {
@@ -640,11 +638,11 @@ fn range_blocking(shared: &Shared, request: &RangeRequest) -> Result<RangeRespon
             for entry in iter {
                 let (k, _) = entry.map_err(backend)?;
                 let (key, revision) = k.value();
-                if pending.as_ref().is_some_and(|(p, _)| p.as_slice() != key) {
-                    if !emit(pending.take(), &mut kvs)? {
-                        more = true;
-                        break;
-                    }
+                if pending.as_ref().is_some_and(|(p, _)| p.as_slice() != key)
+                    && !emit(pending.take(), &mut kvs)?
+                {
+                    more = true;
+                    break;
                 }
                 if revision <= at as u64 {
                     pending = Some((key.to_vec(), revision));

@@ -1,0 +1,214 @@
+//! The `flotilla` binary as a user runs it: `up` serves health on the embedded store and stops
+//! cleanly on SIGTERM, refuses a data directory in use, `server` runs on a real etcd, and the
+//! store benchmark produces its report.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use flotilla_store::testing::{EtcdServer, etcd_tests_enabled};
+
+const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A running `flotilla` process and the address it printed.
+struct Running {
+    child: Child,
+    address: String,
+    output: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `flotilla ARGS --listen 127.0.0.1:0` and waits for the line naming its address.
+fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(FLOTILLA)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start flotilla");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    let address = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("flotilla exited early; printed {output:?}"))
+            .unwrap();
+        output.push(line.clone());
+        if let Some(rest) = line.strip_prefix("flotilla: serving on http://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        address,
+        output,
+    }
+}
+
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn terminate(running: &mut Running) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    running.child.wait().unwrap()
+}
+
+#[test]
+fn up_serves_health_on_the_embedded_store_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = start(&["up", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        up.output[0].contains("store embedded in") && up.output[0].contains("at revision 1"),
+        "{:?}",
+        up.output
+    );
+    let health = http_get(&up.address, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("ok"), "{health}");
+    assert!(http_get(&up.address, "/livez").starts_with("HTTP/1.1 200"));
+    assert!(data.join("store.redb").exists());
+
+    // A second cluster on the same data directory is refused with a clear message.
+    let second = Command::new(FLOTILLA)
+        .args([
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already open"), "{stderr}");
+
+    let status = terminate(&mut up);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn server_refuses_an_unknown_datastore() {
+    let output = Command::new(FLOTILLA)
+        .args(["server", "--datastore", "postgres://db"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("etcd://host:port"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_runs_on_etcd() {
+    if !etcd_tests_enabled() {
+        eprintln!("etcd tests are disabled: set FLOTILLA_ETCD_TESTS=1 to run them");
+        return;
+    }
+    let etcd = EtcdServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = etcd.datastore_flag();
+    let mut server = tokio::task::spawn_blocking(move || {
+        start(&[
+            "server",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--datastore",
+            &flag,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        server.output[0].contains("store on etcd"),
+        "{:?}",
+        server.output
+    );
+    let health = http_get(&server.address, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    // With etcd gone, health says so instead of lying.
+    drop(etcd);
+    let health = http_get(&server.address, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("store:"), "{health}");
+    terminate(&mut server);
+}
+
+#[test]
+fn store_benchmark_reports_both_backends() {
+    let backend = if etcd_tests_enabled() {
+        "both"
+    } else {
+        "embedded"
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FLOTILLA)
+        .args(["bench", "store", "--backend", backend])
+        .args([
+            "--serial-writes",
+            "20",
+            "--concurrent-writes",
+            "128",
+            "--writers",
+            "8",
+        ])
+        .args([
+            "--range-keys",
+            "200",
+            "--watchers",
+            "10",
+            "--watch-rate",
+            "200",
+        ])
+        .args([
+            "--watch-seconds",
+            "1",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Disk fdatasync"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| embedded |"))
+        .unwrap_or_else(|| panic!("no embedded row in {stdout}"));
+    // Every watcher saw every write: 10 watchers x 200 writes, none missing.
+    assert!(row.ends_with("| 2000 (0) |"), "{row}");
+    if backend == "both" {
+        let row = stdout.lines().find(|l| l.starts_with("| etcd |")).unwrap();
+        assert!(row.ends_with("| 2000 (0) |"), "{row}");
+        assert!(stdout.contains("embedded / etcd"), "{stdout}");
+    }
+    // The scratch data is removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
