@@ -203,10 +203,10 @@ fn store_benchmark_reports_both_backends() {
         .find(|l| l.starts_with("| embedded |"))
         .unwrap_or_else(|| panic!("no embedded row in {stdout}"));
     // Every watcher saw every write: 10 watchers x 200 writes, none missing.
-    assert!(row.ends_with("| 2000 (0) |"), "{row}");
+    assert!(row.ends_with("| 2000 (0) | 0 |"), "{row}");
     if backend == "both" {
         let row = stdout.lines().find(|l| l.starts_with("| etcd |")).unwrap();
-        assert!(row.ends_with("| 2000 (0) |"), "{row}");
+        assert!(row.ends_with("| 2000 (0) | 0 |"), "{row}");
         assert!(stdout.contains("embedded / etcd"), "{stdout}");
     }
     // The scratch data is removed.

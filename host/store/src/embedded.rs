@@ -966,9 +966,9 @@ impl Writer {
                 {
                     return Ok(Err(StoreError::LeaseNotFound(lease)));
                 }
-                self.put(tables, key, value, lease, prev)?
+                self.write(tables, key, Some((value, lease)), prev)?
             }
-            Op::Delete => self.delete(tables, key, prev)?,
+            Op::Delete => self.write(tables, key, None, prev)?,
         };
         let outcome = TxnOutcome::Applied {
             revision: self.revision as Revision,
@@ -979,35 +979,55 @@ impl Writer {
         Ok(Ok(outcome))
     }
 
-    fn put(
+    /// Writes the key's next record: its new value and lease, or (with `None`) its deletion.
+    fn write(
         &mut self,
         tables: &mut Tables<'_>,
         key: &str,
-        value: Bytes,
-        lease: Option<LeaseId>,
+        value: Option<(Bytes, Option<LeaseId>)>,
         prev: Option<KeyValue>,
     ) -> Result<WatchEvent> {
         let revision = self.revision + 1;
-        let record = Record {
-            key: key.as_bytes().to_vec(),
-            deleted: false,
-            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision as u64),
-            version: prev.as_ref().map_or(1, |p| p.version as u64 + 1),
-            lease: lease.unwrap_or(0) as u64,
-            value,
+        let (record, lease) = match value {
+            Some((value, lease)) => (
+                Record {
+                    key: key.as_bytes().to_vec(),
+                    deleted: false,
+                    create_revision: prev.as_ref().map_or(revision, |p| p.create_revision as u64),
+                    version: prev.as_ref().map_or(1, |p| p.version as u64 + 1),
+                    lease: lease.unwrap_or(0) as u64,
+                    value,
+                },
+                lease,
+            ),
+            None => (
+                Record {
+                    key: key.as_bytes().to_vec(),
+                    deleted: true,
+                    create_revision: 0,
+                    version: 0,
+                    lease: 0,
+                    value: Bytes::new(),
+                },
+                None,
+            ),
         };
         tables
             .history
             .insert(revision, record.encode().as_slice())
             .map_err(backend)?;
         tables
-            .latest
-            .insert(key.as_bytes(), revision)
-            .map_err(backend)?;
-        tables
             .revisions
             .insert((key.as_bytes(), revision), ())
             .map_err(backend)?;
+        if record.deleted {
+            tables.latest.remove(key.as_bytes()).map_err(backend)?;
+        } else {
+            tables
+                .latest
+                .insert(key.as_bytes(), revision)
+                .map_err(backend)?;
+        }
         let old_lease = prev.as_ref().and_then(|p| p.lease);
         if old_lease != lease {
             if let Some(old) = old_lease {
@@ -1024,46 +1044,13 @@ impl Writer {
             }
         }
         self.revision = revision;
-        Ok(WatchEvent {
-            kind: EventKind::Put,
-            kv: record.key_value(revision)?,
-            prev,
-        })
-    }
-
-    fn delete(
-        &mut self,
-        tables: &mut Tables<'_>,
-        key: &str,
-        prev: Option<KeyValue>,
-    ) -> Result<WatchEvent> {
-        let revision = self.revision + 1;
-        let record = Record {
-            key: key.as_bytes().to_vec(),
-            deleted: true,
-            create_revision: 0,
-            version: 0,
-            lease: 0,
-            value: Bytes::new(),
+        let kind = if record.deleted {
+            EventKind::Delete
+        } else {
+            EventKind::Put
         };
-        tables
-            .history
-            .insert(revision, record.encode().as_slice())
-            .map_err(backend)?;
-        tables.latest.remove(key.as_bytes()).map_err(backend)?;
-        tables
-            .revisions
-            .insert((key.as_bytes(), revision), ())
-            .map_err(backend)?;
-        if let Some(lease) = prev.as_ref().and_then(|p| p.lease) {
-            tables
-                .lease_keys
-                .remove((lease as u64, key.as_bytes()))
-                .map_err(backend)?;
-        }
-        self.revision = revision;
         Ok(WatchEvent {
-            kind: EventKind::Delete,
+            kind,
             kv: record.key_value(revision)?,
             prev,
         })
@@ -1097,7 +1084,7 @@ impl Writer {
         for key in keys {
             let prev = read_latest(&tables.latest, &tables.history, key.as_bytes())?;
             if prev.is_some() {
-                events.push(self.delete(tables, &key, prev)?);
+                events.push(self.write(tables, &key, None, prev)?);
             }
         }
         Ok(Ok(()))
