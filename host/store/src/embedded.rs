@@ -50,12 +50,10 @@ pub const STORE_FILE: &str = "store.redb";
 
 /// Most requests applied in one transaction (one fsync).
 const MAX_BATCH: usize = 4096;
-/// History entries examined per compaction step; steps run only when no write is waiting.
+/// History entries examined per compaction step when no write is waiting.
 const COMPACTION_CHUNK: usize = 2048;
 /// Batches of events held for live watchers before a slow one must read history instead.
 const FANOUT_CAPACITY: usize = 4096;
-/// Events buffered between a watcher's task and its consumer.
-const WATCH_BUFFER: usize = 1024;
 /// History entries read per catch-up step of a watcher.
 const CATCH_UP_CHUNK: usize = 1024;
 
@@ -114,6 +112,9 @@ struct Shared {
     revision: AtomicI64,
     /// Revisions below this one are gone.
     compacted: AtomicI64,
+    /// History below this revision has been removed from the file (compaction runs in steps, so
+    /// this trails `compacted`).
+    reclaimed: AtomicI64,
     events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
     /// Live leases: TTL and deadline. Deadlines are in memory only: after a restart every lease
     /// gets a full TTL again, as etcd does after a leader change.
@@ -189,6 +190,12 @@ impl EmbeddedStore {
     /// The oldest revision still readable.
     pub fn compacted_revision(&self) -> Revision {
         self.inner.shared.compacted.load(Ordering::Acquire)
+    }
+
+    /// History below this revision has been removed from the file; equal to
+    /// [`Self::compacted_revision`] once a compaction has finished its steps.
+    pub fn reclaimed_revision(&self) -> Revision {
+        self.inner.shared.reclaimed.load(Ordering::Acquire)
     }
 
     /// Size of the store's file in bytes.
@@ -289,15 +296,16 @@ impl Store for EmbeddedStore {
                 compacted: Some(compacted),
             });
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let watcher = Watcher {
             shared: Arc::downgrade(shared),
+            live,
             prefix: prefix.as_bytes().to_vec(),
             next: start,
-            out: tx,
+            ready: VecDeque::new(),
+            catch_up_to: Some(current),
+            done: false,
         };
-        tokio::spawn(watcher.run(live));
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(watcher.into_stream())
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -409,7 +417,7 @@ fn open_database(dir: &Path) -> Result<Shared> {
         )));
     }
 
-    let (revision, compacted, leases) = {
+    let (revision, compacted, reclaimed, leases) = {
         let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         let now = Instant::now();
@@ -433,6 +441,7 @@ fn open_database(dir: &Path) -> Result<Shared> {
         (
             meta_get(&meta, META_REVISION)? as Revision,
             meta_get(&meta, META_COMPACTED)? as Revision,
+            meta_get(&meta, META_COMPACT_CURSOR)? as Revision,
             leases,
         )
     };
@@ -442,6 +451,7 @@ fn open_database(dir: &Path) -> Result<Shared> {
         path,
         revision: AtomicI64::new(revision),
         compacted: AtomicI64::new(compacted),
+        reclaimed: AtomicI64::new(reclaimed),
         events,
         leases: Mutex::new(leases),
     })
@@ -812,7 +822,13 @@ impl Writer {
     }
 
     fn apply_batch(&mut self, batch: Vec<Request>) {
-        let start = (self.revision, self.compacted, self.next_lease);
+        let start = (
+            self.revision,
+            self.compacted,
+            self.compact_cursor,
+            self.next_lease,
+        );
+        let requests = batch.len();
         let mut answers = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut lease_changes = Vec::new();
@@ -827,6 +843,11 @@ impl Writer {
                         &mut events,
                         &mut lease_changes,
                     )?);
+                }
+                // Under a steady stream of writes the writer is never idle; removing at least
+                // twice as much history per batch as the batch adds keeps compaction ahead.
+                if self.compact_cursor < self.compacted {
+                    self.compact_chunk(&mut tables, (2 * requests).max(256))?;
                 }
                 tables
                     .meta
@@ -852,6 +873,9 @@ impl Writer {
                 self.shared
                     .compacted
                     .store(self.compacted as Revision, Ordering::Release);
+                self.shared
+                    .reclaimed
+                    .store(self.compact_cursor as Revision, Ordering::Release);
                 if let Ok(mut leases) = self.shared.leases.lock() {
                     let now = Instant::now();
                     for change in lease_changes {
@@ -881,7 +905,12 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                (self.revision, self.compacted, self.next_lease) = start;
+                (
+                    self.revision,
+                    self.compacted,
+                    self.compact_cursor,
+                    self.next_lease,
+                ) = start;
                 let message = format!("commit failed: {e}");
                 for answer in answers {
                     answer.fail(&message);
@@ -1110,141 +1139,159 @@ impl Writer {
         Ok(())
     }
 
-    /// Removes one chunk of history below the compacted revision: every record superseded by a
-    /// newer one at or below it, and every tombstone.
+    /// Removes one chunk of history below the compacted revision in its own transaction; runs
+    /// when no write is waiting.
     fn compaction_step(&mut self) -> Result<()> {
-        let upto = self.compacted;
         let txn = self.shared.db.begin_write().map_err(backend)?;
         {
             let mut tables = Tables::open(&txn)?;
-            let entries: Vec<(u64, Record)> = tables
-                .history
-                .range(self.compact_cursor..upto)
-                .map_err(backend)?
-                .take(COMPACTION_CHUNK)
-                .map(|entry| {
-                    let (rev, bytes) = entry.map_err(backend)?;
-                    Ok((rev.value(), Record::decode(bytes.value())?))
-                })
-                .collect::<Result<_>>()?;
-            let mut next = upto;
-            if entries.len() == COMPACTION_CHUNK
-                && let Some((last, _)) = entries.last()
-            {
-                next = last + 1;
-            }
-            for (revision, record) in entries {
-                let key = record.key.as_slice();
-                let superseded = record.deleted
-                    || tables
-                        .revisions
-                        .range((key, revision + 1)..=(key, upto))
-                        .map_err(backend)?
-                        .next()
-                        .is_some();
-                if superseded {
-                    tables.history.remove(revision).map_err(backend)?;
-                    tables.revisions.remove((key, revision)).map_err(backend)?;
-                }
-            }
-            self.compact_cursor = next;
-            tables
-                .meta
-                .insert(META_COMPACT_CURSOR, self.compact_cursor)
-                .map_err(backend)?;
+            self.compact_chunk(&mut tables, COMPACTION_CHUNK)?;
         }
-        txn.commit().map_err(backend)
+        txn.commit().map_err(backend)?;
+        self.shared
+            .reclaimed
+            .store(self.compact_cursor as Revision, Ordering::Release);
+        Ok(())
+    }
+
+    /// Examines up to `max` history entries below the compacted revision and removes every record
+    /// superseded by a newer one at or below it, and every tombstone.
+    fn compact_chunk(&mut self, tables: &mut Tables<'_>, max: usize) -> Result<()> {
+        let upto = self.compacted;
+        let entries: Vec<(u64, Record)> = tables
+            .history
+            .range(self.compact_cursor..upto)
+            .map_err(backend)?
+            .take(max)
+            .map(|entry| {
+                let (rev, bytes) = entry.map_err(backend)?;
+                Ok((rev.value(), Record::decode(bytes.value())?))
+            })
+            .collect::<Result<_>>()?;
+        let mut next = upto;
+        if entries.len() == max
+            && let Some((last, _)) = entries.last()
+        {
+            next = last + 1;
+        }
+        for (revision, record) in entries {
+            let key = record.key.as_slice();
+            let superseded = record.deleted
+                || tables
+                    .revisions
+                    .range((key, revision + 1)..=(key, upto))
+                    .map_err(backend)?
+                    .next()
+                    .is_some();
+            if superseded {
+                tables.history.remove(revision).map_err(backend)?;
+                tables.revisions.remove((key, revision)).map_err(backend)?;
+            }
+        }
+        self.compact_cursor = next;
+        tables
+            .meta
+            .insert(META_COMPACT_CURSOR, self.compact_cursor)
+            .map_err(backend)?;
+        Ok(())
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Watchers
 
+/// The state of one watch. It is its own stream: the consumer's poll reads the fan-out directly
+/// (no task or channel per watcher), and falls back to history when it fell behind.
 struct Watcher {
     shared: Weak<Shared>,
+    live: broadcast::Receiver<Arc<Vec<WatchEvent>>>,
     prefix: Vec<u8>,
     /// The next revision this watcher has not yet looked at.
     next: Revision,
-    out: tokio::sync::mpsc::Sender<Result<WatchEvent>>,
+    /// Read but not yet yielded.
+    ready: VecDeque<WatchEvent>,
+    /// Read history up to this revision before listening to the fan-out again.
+    catch_up_to: Option<Revision>,
+    done: bool,
 }
 
 impl Watcher {
-    async fn run(mut self, mut live: broadcast::Receiver<Arc<Vec<WatchEvent>>>) {
-        if !self.catch_up().await {
-            return;
-        }
+    fn into_stream(self) -> WatchStream {
+        Box::pin(futures::stream::unfold(self, |mut watcher| async move {
+            let item = watcher.next_item().await?;
+            Some((item, watcher))
+        }))
+    }
+
+    /// The next event; an error ends the watch.
+    async fn next_item(&mut self) -> Option<Result<WatchEvent>> {
         loop {
-            match live.recv().await {
-                Ok(batch) => {
-                    for event in batch.iter() {
-                        let revision = event.revision();
-                        if revision < self.next {
-                            continue;
-                        }
-                        if revision > self.next && !self.catch_up_to(revision - 1).await {
-                            return;
-                        }
-                        self.next = revision + 1;
-                        if event.kv.key.as_bytes().starts_with(&self.prefix)
-                            && self.out.send(Ok(event.clone())).await.is_err()
-                        {
-                            return;
-                        }
-                    }
+            if let Some(event) = self.ready.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            if let Some(upto) = self.catch_up_to {
+                if self.next > upto {
+                    self.catch_up_to = None;
+                } else if let Err(e) = self.read_history(upto).await {
+                    self.done = true;
+                    return Some(Err(e));
                 }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(batch) => self.take_batch(&batch),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !self.catch_up().await {
-                        return;
-                    }
+                    // The fan-out dropped batches this watcher had not read: history has them.
+                    let Some(shared) = self.shared.upgrade() else {
+                        self.done = true;
+                        return Some(Err(StoreError::Closed));
+                    };
+                    self.catch_up_to = Some(shared.revision.load(Ordering::Acquire));
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    let _ = self.out.send(Err(StoreError::Closed)).await;
-                    return;
+                    self.done = true;
+                    return Some(Err(StoreError::Closed));
                 }
             }
         }
     }
 
-    /// Delivers history from `next` up to the newest committed revision.
-    async fn catch_up(&mut self) -> bool {
-        let Some(upto) = self
-            .shared
-            .upgrade()
-            .map(|s| s.revision.load(Ordering::Acquire))
-        else {
-            return false;
+    /// Takes the events of one committed batch (consecutive revisions) that this watcher has not
+    /// seen yet; a batch that starts past `next` means a gap, which history fills.
+    fn take_batch(&mut self, batch: &[WatchEvent]) {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return;
         };
-        self.catch_up_to(upto).await
-    }
-
-    /// Delivers history from `next` up to `upto`; false when the watch is over.
-    async fn catch_up_to(&mut self, upto: Revision) -> bool {
-        while self.next <= upto {
-            let Some(shared) = self.shared.upgrade() else {
-                return false;
-            };
-            let (from, prefix) = (self.next, self.prefix.clone());
-            let chunk = tokio::task::spawn_blocking(move || {
-                read_history(&shared, &prefix, from, upto, CATCH_UP_CHUNK)
-            })
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(format!("watch read failed: {e}"))));
-            match chunk {
-                Ok((events, next)) => {
-                    for event in events {
-                        if self.out.send(Ok(event)).await.is_err() {
-                            return false;
-                        }
-                    }
-                    self.next = next;
-                }
-                Err(e) => {
-                    let _ = self.out.send(Err(e)).await;
-                    return false;
-                }
+        if last.revision() < self.next {
+            return;
+        }
+        if first.revision() > self.next {
+            self.catch_up_to = Some(last.revision());
+            return;
+        }
+        for event in batch.iter().filter(|e| e.revision() >= self.next) {
+            if event.kv.key.as_bytes().starts_with(&self.prefix) {
+                self.ready.push_back(event.clone());
             }
         }
-        true
+        self.next = last.revision() + 1;
+    }
+
+    /// Reads one chunk of history from `next` towards `upto`.
+    async fn read_history(&mut self, upto: Revision) -> Result<()> {
+        let shared = self.shared.upgrade().ok_or(StoreError::Closed)?;
+        let (from, prefix) = (self.next, self.prefix.clone());
+        let (events, next) = tokio::task::spawn_blocking(move || {
+            read_history(&shared, &prefix, from, upto, CATCH_UP_CHUNK)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("watch read failed: {e}")))??;
+        self.ready.extend(events);
+        self.next = next;
+        Ok(())
     }
 }
 
