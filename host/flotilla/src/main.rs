@@ -32,6 +32,9 @@ enum Command {
         /// Address of the server's endpoint.
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
+        /// Keep this many seconds of history; older revisions are compacted. 0 keeps all.
+        #[arg(long, default_value_t = 300)]
+        compaction_window: u64,
     },
     /// Run the control plane on the embedded store or an etcd cluster.
     Server {
@@ -44,6 +47,9 @@ enum Command {
         /// Address of the server's endpoint.
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
+        /// Keep this many seconds of history; older revisions are compacted. 0 keeps all.
+        #[arg(long, default_value_t = 300)]
+        compaction_window: u64,
     },
     /// Benchmarks.
     Bench {
@@ -56,6 +62,11 @@ enum Command {
 enum BenchCommand {
     /// Store benchmark: the embedded store and a real etcd, side by side.
     Store(bench::StoreBenchArgs),
+}
+
+/// `--compaction-window` in seconds; 0 turns automatic compaction off.
+fn window(seconds: u64) -> Option<std::time::Duration> {
+    (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,11 +84,16 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up { data_dir, listen } => {
+            Command::Up {
+                data_dir,
+                listen,
+                compaction_window,
+            } => {
                 server::run(server::ServerConfig {
                     data_dir,
                     datastore: flotilla_store::Datastore::Embedded,
                     listen,
+                    compaction_window: window(compaction_window),
                 })
                 .await
             }
@@ -85,11 +101,13 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 datastore,
                 listen,
+                compaction_window,
             } => {
                 server::run(server::ServerConfig {
                     data_dir,
                     datastore,
                     listen,
+                    compaction_window: window(compaction_window),
                 })
                 .await
             }

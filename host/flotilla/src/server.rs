@@ -19,21 +19,37 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub datastore: Datastore,
     pub listen: SocketAddr,
+    /// History kept before automatic compaction; `None` keeps all.
+    pub compaction_window: Option<Duration>,
 }
 
 /// Opens the configured store.
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<SharedStore> {
     Ok(match &config.datastore {
-        Datastore::Embedded => Arc::new(
-            EmbeddedStore::open(&config.data_dir, EmbeddedOptions::default())
-                .await
-                .context("cannot open the embedded store")?,
-        ),
-        Datastore::Etcd { endpoints } => Arc::new(
-            EtcdStore::connect(endpoints, EtcdOptions::default())
-                .await
-                .context("cannot connect to etcd")?,
-        ),
+        Datastore::Embedded => {
+            let options = EmbeddedOptions {
+                compaction_window: config.compaction_window,
+                ..EmbeddedOptions::default()
+            };
+            Arc::new(
+                EmbeddedStore::open(&config.data_dir, options)
+                    .await
+                    .context("cannot open the embedded store")?,
+            )
+        }
+        Datastore::Etcd { endpoints } => {
+            let store: SharedStore = Arc::new(
+                EtcdStore::connect(endpoints, EtcdOptions::default())
+                    .await
+                    .context("cannot connect to etcd")?,
+            );
+            // etcd keeps all history until told otherwise; compact it as the Kubernetes API
+            // server does.
+            if let Some(window) = config.compaction_window {
+                tokio::spawn(flotilla_store::compact_periodically(store.clone(), window));
+            }
+            store
+        }
     })
 }
 

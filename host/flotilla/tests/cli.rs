@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
 use flotilla_store::testing::{EtcdServer, etcd_tests_enabled};
+use flotilla_store::{Store, StoreError, StoreExt};
 
 const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
 
@@ -137,6 +138,8 @@ async fn server_runs_on_etcd() {
             dir.path().to_str().unwrap(),
             "--datastore",
             &flag,
+            "--compaction-window",
+            "1",
         ])
     })
     .await
@@ -148,6 +151,21 @@ async fn server_runs_on_etcd() {
     );
     let health = http_get(&server.address, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    // The server compacts etcd's history older than its window.
+    let store = etcd.connect().await.unwrap();
+    let first = store.put("/x", "1".into(), None).await.unwrap().revision();
+    store.put("/x", "2".into(), None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match store.get("/x", Some(first)).await {
+            Err(StoreError::Compacted { .. }) => break,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            other => panic!("etcd was not compacted: {other:?}"),
+        }
+    }
 
     // With etcd gone, health says so instead of lying.
     drop(etcd);

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::compaction::CompactionPlanner;
 use crate::{
     Condition, EventKind, KeyValue, LeaseId, Op, RangeRequest, RangeResponse, Result, Revision,
     Store, StoreError, TxnOutcome, WatchEvent, WatchStream, check_write, prefix_end,
@@ -1391,26 +1392,16 @@ async fn expire_leases(inner: Weak<Inner>, interval: Duration) {
 
 /// Compacts, every so often, to the revision that was current `window` ago.
 async fn compact_automatically(inner: Weak<Inner>, window: Duration) {
-    let period = (window / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    let mut samples: VecDeque<(Instant, Revision)> = VecDeque::new();
-    let mut tick = tokio::time::interval(period);
+    let mut planner = CompactionPlanner::new(window);
+    let mut tick = tokio::time::interval(planner.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let now = Instant::now();
-        samples.push_back((now, inner.shared.revision.load(Ordering::Acquire)));
-        let mut target = None;
-        while let Some(&(at, revision)) = samples.front() {
-            if now.duration_since(at) < window {
-                break;
-            }
-            target = Some(revision);
-            samples.pop_front();
-        }
-        let Some(target) = target else {
+        let revision = inner.shared.revision.load(Ordering::Acquire);
+        let Some(target) = planner.observe(Instant::now(), revision) else {
             continue;
         };
         if target <= inner.shared.compacted.load(Ordering::Acquire) {

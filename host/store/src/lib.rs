@@ -20,11 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 
+pub mod compaction;
 pub mod embedded;
 pub mod etcd;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use compaction::compact_periodically;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::{EtcdOptions, EtcdStore};
 
