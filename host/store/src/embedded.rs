@@ -6,8 +6,11 @@
 //! - `latest`: key → revision of its live record (deleted keys are absent).
 //! - `key_revisions`: (key, revision) → (), to read a key as it was at an older revision.
 //! - `leases`: lease → TTL in ms; `lease_keys`: (lease, key) → ().
-//! - `flotilla_meta`: format marker, current revision, compacted revision, compaction cursor, next
-//!   lease id.
+//! - `garbage`: (superseding revision, superseded revision) → (): every record made obsolete by a
+//!   later write, and every tombstone (superseded by itself). Compaction to revision C removes
+//!   the records listed here below C, so its work is proportional to the garbage, never to the
+//!   live data.
+//! - `flotilla_meta`: format marker, current revision, compacted revision, next lease id.
 //!
 //! One writer thread owns every write. It takes all requests waiting in its queue, applies them in
 //! one redb transaction and commits once (`Durability::Immediate`: fsync before any caller is told
@@ -22,7 +25,9 @@ use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::compaction::CompactionPlanner;
@@ -36,6 +41,7 @@ const LATEST: TableDefinition<&[u8], u64> = TableDefinition::new("latest");
 const KEY_REVISIONS: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("key_revisions");
 const LEASES: TableDefinition<u64, u64> = TableDefinition::new("leases");
 const LEASE_KEYS: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("lease_keys");
+const GARBAGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("garbage");
 const META: TableDefinition<&str, u64> = TableDefinition::new("flotilla_meta");
 
 /// "FLOTILLA" as a number, then the format version. A file without it is not ours.
@@ -43,7 +49,6 @@ const FORMAT_MARKER: u64 = 0x464c_4f54_494c_0001;
 const META_FORMAT: &str = "format";
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
-const META_COMPACT_CURSOR: &str = "compact_cursor";
 const META_NEXT_LEASE: &str = "next_lease";
 
 /// The file inside the data directory.
@@ -74,6 +79,19 @@ impl Default for EmbeddedOptions {
             lease_check_interval: Duration::from_millis(100),
         }
     }
+}
+
+/// Sizes of an embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    /// Size of the store's file.
+    pub file_bytes: u64,
+    /// Keys that exist now.
+    pub live_keys: u64,
+    /// Records in the history: live values plus what compaction has not yet removed.
+    pub history_records: u64,
+    /// Superseded records and tombstones waiting for compaction.
+    pub garbage_records: u64,
 }
 
 /// A handle to an open embedded store. Cheap to clone; the store closes when the last handle is
@@ -197,6 +215,21 @@ impl EmbeddedStore {
     /// [`Self::compacted_revision`] once a compaction has finished its steps.
     pub fn reclaimed_revision(&self) -> Revision {
         self.inner.shared.reclaimed.load(Ordering::Acquire)
+    }
+
+    /// Sizes of the store, for metrics and tests.
+    pub async fn stats(&self) -> Result<EmbeddedStats> {
+        self.read(|shared| {
+            let txn = shared.db.begin_read().map_err(backend)?;
+            let count = |n: Result<u64, redb::StorageError>| n.map_err(backend);
+            Ok(EmbeddedStats {
+                file_bytes: std::fs::metadata(&shared.path).map_err(backend)?.len(),
+                live_keys: count(txn.open_table(LATEST).map_err(backend)?.len())?,
+                history_records: count(txn.open_table(HISTORY).map_err(backend)?.len())?,
+                garbage_records: count(txn.open_table(GARBAGE).map_err(backend)?.len())?,
+            })
+        })
+        .await
     }
 
     /// Size of the store's file in bytes.
@@ -402,13 +435,13 @@ fn open_database(dir: &Path) -> Result<Shared> {
             meta.insert(META_FORMAT, FORMAT_MARKER).map_err(backend)?;
             meta.insert(META_REVISION, 1).map_err(backend)?;
             meta.insert(META_COMPACTED, 0).map_err(backend)?;
-            meta.insert(META_COMPACT_CURSOR, 0).map_err(backend)?;
             meta.insert(META_NEXT_LEASE, 1).map_err(backend)?;
             txn.open_table(HISTORY).map_err(backend)?;
             txn.open_table(LATEST).map_err(backend)?;
             txn.open_table(KEY_REVISIONS).map_err(backend)?;
             txn.open_table(LEASES).map_err(backend)?;
             txn.open_table(LEASE_KEYS).map_err(backend)?;
+            txn.open_table(GARBAGE).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
     } else {
@@ -421,6 +454,7 @@ fn open_database(dir: &Path) -> Result<Shared> {
     let (revision, compacted, reclaimed, leases) = {
         let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
+        let compacted = meta_get(&meta, META_COMPACTED)?;
         let now = Instant::now();
         let mut leases = HashMap::new();
         for entry in txn
@@ -441,8 +475,8 @@ fn open_database(dir: &Path) -> Result<Shared> {
         }
         (
             meta_get(&meta, META_REVISION)? as Revision,
-            meta_get(&meta, META_COMPACTED)? as Revision,
-            meta_get(&meta, META_COMPACT_CURSOR)? as Revision,
+            compacted as Revision,
+            reclaimed_through(&txn.open_table(GARBAGE).map_err(backend)?, compacted)? as Revision,
             leases,
         )
     };
@@ -458,6 +492,16 @@ fn open_database(dir: &Path) -> Result<Shared> {
     })
 }
 
+/// How far compaction has removed garbage: `compacted`, or the superseding revision of the first
+/// garbage still waiting below it.
+fn reclaimed_through(garbage: &impl ReadableTable<(u64, u64), ()>, compacted: u64) -> Result<u64> {
+    let first = garbage.first().map_err(backend)?.map(|(k, _)| k.value().0);
+    Ok(match first {
+        Some(superseded_at) if superseded_at < compacted => superseded_at,
+        _ => compacted,
+    })
+}
+
 fn meta_get(meta: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64> {
     meta.get(name)
         .map_err(backend)?
@@ -469,7 +513,7 @@ fn check_readable(at: Revision, current: Revision, compacted: Revision) -> Resul
     if at > current {
         return Err(StoreError::FutureRevision {
             requested: at,
-            current,
+            current: Some(current),
         });
     }
     if at < compacted {
@@ -695,8 +739,8 @@ struct Writer {
     shared: Arc<Shared>,
     revision: u64,
     compacted: u64,
-    /// Next history revision to examine for a compaction in progress.
-    compact_cursor: u64,
+    /// Garbage below `compacted` may remain to be removed.
+    compaction_pending: bool,
     next_lease: u64,
 }
 
@@ -707,6 +751,7 @@ struct Tables<'txn> {
     revisions: redb::Table<'txn, (&'static [u8], u64), ()>,
     leases: redb::Table<'txn, u64, u64>,
     lease_keys: redb::Table<'txn, (u64, &'static [u8]), ()>,
+    garbage: redb::Table<'txn, (u64, u64), ()>,
     meta: redb::Table<'txn, &'static str, u64>,
 }
 
@@ -718,6 +763,7 @@ impl<'txn> Tables<'txn> {
             revisions: txn.open_table(KEY_REVISIONS).map_err(backend)?,
             leases: txn.open_table(LEASES).map_err(backend)?,
             lease_keys: txn.open_table(LEASE_KEYS).map_err(backend)?,
+            garbage: txn.open_table(GARBAGE).map_err(backend)?,
             meta: txn.open_table(META).map_err(backend)?,
         })
     }
@@ -761,37 +807,36 @@ enum LeaseChange {
 
 impl Writer {
     fn new(shared: Arc<Shared>) -> Self {
-        let read = || -> Result<(u64, u64, u64, u64)> {
+        let read = || -> Result<(u64, u64, u64)> {
             let txn = shared.db.begin_read().map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
             Ok((
                 meta_get(&meta, META_REVISION)?,
                 meta_get(&meta, META_COMPACTED)?,
-                meta_get(&meta, META_COMPACT_CURSOR)?,
                 meta_get(&meta, META_NEXT_LEASE)?,
             ))
         };
         // open_database just read the same fields, so this cannot fail short of IO errors; in
         // that case start from what the atomics say and let the first commit report the error.
-        let (revision, compacted, compact_cursor, next_lease) = read().unwrap_or((
+        let (revision, compacted, next_lease) = read().unwrap_or((
             shared.revision.load(Ordering::Acquire) as u64,
             shared.compacted.load(Ordering::Acquire) as u64,
-            0,
             1,
         ));
+        let compaction_pending =
+            shared.reclaimed.load(Ordering::Acquire) < shared.compacted.load(Ordering::Acquire);
         Self {
             shared,
             revision,
             compacted,
-            compact_cursor,
+            compaction_pending,
             next_lease,
         }
     }
 
     fn run(mut self, requests: mpsc::Receiver<Request>) {
         loop {
-            let compaction_pending = self.compact_cursor < self.compacted;
-            let first = if compaction_pending {
+            let first = if self.compaction_pending {
                 match requests.try_recv() {
                     Ok(request) => Some(request),
                     Err(mpsc::TryRecvError::Empty) => None,
@@ -807,7 +852,7 @@ impl Writer {
                 if let Err(e) = self.compaction_step() {
                     tracing::error!(error = %e, "compaction step failed");
                     // Do not spin on a persistent error; the next compaction retries.
-                    self.compact_cursor = self.compacted;
+                    self.compaction_pending = false;
                 }
                 continue;
             };
@@ -826,7 +871,7 @@ impl Writer {
         let start = (
             self.revision,
             self.compacted,
-            self.compact_cursor,
+            self.compaction_pending,
             self.next_lease,
         );
         let requests = batch.len();
@@ -847,7 +892,7 @@ impl Writer {
                 }
                 // Under a steady stream of writes the writer is never idle; removing at least
                 // twice as much history per batch as the batch adds keeps compaction ahead.
-                if self.compact_cursor < self.compacted {
+                if self.compaction_pending {
                     self.compact_chunk(&mut tables, (2 * requests).max(256))?;
                 }
                 tables
@@ -874,9 +919,11 @@ impl Writer {
                 self.shared
                     .compacted
                     .store(self.compacted as Revision, Ordering::Release);
-                self.shared
-                    .reclaimed
-                    .store(self.compact_cursor as Revision, Ordering::Release);
+                if !self.compaction_pending {
+                    self.shared
+                        .reclaimed
+                        .store(self.compacted as Revision, Ordering::Release);
+                }
                 if let Ok(mut leases) = self.shared.leases.lock() {
                     let now = Instant::now();
                     for change in lease_changes {
@@ -909,7 +956,7 @@ impl Writer {
                 (
                     self.revision,
                     self.compacted,
-                    self.compact_cursor,
+                    self.compaction_pending,
                     self.next_lease,
                 ) = start;
                 let message = format!("commit failed: {e}");
@@ -1050,7 +1097,19 @@ impl Writer {
             .revisions
             .insert((key.as_bytes(), revision), ())
             .map_err(backend)?;
+        // The record this write replaces, and a tombstone itself, are garbage once compaction
+        // passes this revision.
+        if let Some(prev) = &prev {
+            tables
+                .garbage
+                .insert((revision, prev.mod_revision as u64), ())
+                .map_err(backend)?;
+        }
         if record.deleted {
+            tables
+                .garbage
+                .insert((revision, revision), ())
+                .map_err(backend)?;
             tables.latest.remove(key.as_bytes()).map_err(backend)?;
         } else {
             tables
@@ -1125,7 +1184,7 @@ impl Writer {
         if revision > current {
             return Err(StoreError::FutureRevision {
                 requested: revision,
-                current,
+                current: Some(current),
             });
         }
         if revision <= self.compacted as Revision {
@@ -1134,9 +1193,10 @@ impl Writer {
                 compacted: Some(self.compacted as Revision),
             });
         }
-        // From this commit on, reads below `revision` fail; the history below it is removed in
-        // steps between batches.
+        // From this commit on, reads below `revision` fail; the garbage below it is removed in
+        // steps, inside later batches and between them.
         self.compacted = revision as u64;
+        self.compaction_pending = true;
         Ok(())
     }
 
@@ -1149,51 +1209,41 @@ impl Writer {
             self.compact_chunk(&mut tables, COMPACTION_CHUNK)?;
         }
         txn.commit().map_err(backend)?;
-        self.shared
-            .reclaimed
-            .store(self.compact_cursor as Revision, Ordering::Release);
+        if !self.compaction_pending {
+            self.shared
+                .reclaimed
+                .store(self.compacted as Revision, Ordering::Release);
+        }
         Ok(())
     }
 
-    /// Examines up to `max` history entries below the compacted revision and removes every record
-    /// superseded by a newer one at or below it, and every tombstone.
+    /// Removes up to `max` garbage records superseded below the compacted revision: their
+    /// history, their key-revision index entry, and the garbage entry itself.
     fn compact_chunk(&mut self, tables: &mut Tables<'_>, max: usize) -> Result<()> {
-        let upto = self.compacted;
-        let entries: Vec<(u64, Record)> = tables
-            .history
-            .range(self.compact_cursor..upto)
+        let victims: Vec<(u64, u64)> = tables
+            .garbage
+            .range((0u64, 0u64)..(self.compacted, 0u64))
             .map_err(backend)?
             .take(max)
-            .map(|entry| {
-                let (rev, bytes) = entry.map_err(backend)?;
-                Ok((rev.value(), Record::decode(bytes.value())?))
-            })
+            .map(|entry| entry.map(|(k, _)| k.value()).map_err(backend))
             .collect::<Result<_>>()?;
-        let mut next = upto;
-        if entries.len() == max
-            && let Some((last, _)) = entries.last()
-        {
-            next = last + 1;
-        }
-        for (revision, record) in entries {
-            let key = record.key.as_slice();
-            let superseded = record.deleted
-                || tables
+        for &(superseded_at, revision) in &victims {
+            let key = match tables.history.remove(revision).map_err(backend)? {
+                Some(bytes) => Some(Record::decode(bytes.value())?.key),
+                None => None,
+            };
+            if let Some(key) = key {
+                tables
                     .revisions
-                    .range((key, revision + 1)..=(key, upto))
-                    .map_err(backend)?
-                    .next()
-                    .is_some();
-            if superseded {
-                tables.history.remove(revision).map_err(backend)?;
-                tables.revisions.remove((key, revision)).map_err(backend)?;
+                    .remove((key.as_slice(), revision))
+                    .map_err(backend)?;
             }
+            tables
+                .garbage
+                .remove((superseded_at, revision))
+                .map_err(backend)?;
         }
-        self.compact_cursor = next;
-        tables
-            .meta
-            .insert(META_COMPACT_CURSOR, self.compact_cursor)
-            .map_err(backend)?;
+        self.compaction_pending = victims.len() == max;
         Ok(())
     }
 }

@@ -129,7 +129,7 @@ impl EtcdStore {
         if message.contains("required revision is a future revision") {
             return StoreError::FutureRevision {
                 requested,
-                current: 0,
+                current: None,
             };
         }
         // "requested lease not found" from the server, "lease not found" from the keep-alive.
@@ -423,7 +423,7 @@ impl Store for EtcdStore {
         if revision > current {
             return Err(StoreError::FutureRevision {
                 requested: revision,
-                current,
+                current: Some(current),
             });
         }
         self.kv()

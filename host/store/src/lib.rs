@@ -27,7 +27,7 @@ pub mod etcd;
 pub mod testing;
 
 pub use compaction::compact_periodically;
-pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use embedded::{EmbeddedOptions, EmbeddedStats, EmbeddedStore};
 pub use etcd::{EtcdOptions, EtcdStore};
 
 /// A position in the store's history. Every successful write gets the next revision; the first
@@ -224,10 +224,12 @@ pub enum StoreError {
         requested: Revision,
         compacted: Option<Revision>,
     },
-    #[error("revision {requested} is in the future (current revision is {current})")]
+    /// The revision has not happened yet. `current` is the store's revision when the backend
+    /// reports it.
+    #[error("revision {requested} is in the future{}", current.map(|c| format!(" (current revision is {c})")).unwrap_or_default())]
     FutureRevision {
         requested: Revision,
-        current: Revision,
+        current: Option<Revision>,
     },
     #[error("key is {size} bytes, over the limit of {limit} bytes")]
     KeyTooLarge { size: usize, limit: usize },
