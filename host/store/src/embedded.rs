@@ -134,7 +134,7 @@ struct Shared {
     /// History below this revision has been removed from the file (compaction runs in steps, so
     /// this trails `compacted`).
     reclaimed: AtomicI64,
-    events: broadcast::Sender<Arc<Vec<WatchEvent>>>,
+    events: broadcast::Sender<Arc<Vec<Arc<WatchEvent>>>>,
     /// Live leases: TTL and deadline. Deadlines are in memory only: after a restart every lease
     /// gets a full TTL again, as etcd does after a leader change.
     leases: Mutex<HashMap<LeaseId, LeaseState>>,
@@ -973,7 +973,7 @@ impl Writer {
         &mut self,
         tables: &mut Tables<'_>,
         request: Request,
-        events: &mut Vec<WatchEvent>,
+        events: &mut Vec<Arc<WatchEvent>>,
         lease_changes: &mut Vec<LeaseChange>,
     ) -> Result<Answer> {
         Ok(match request {
@@ -1019,7 +1019,7 @@ impl Writer {
         key: &str,
         condition: Condition,
         op: Op,
-        events: &mut Vec<WatchEvent>,
+        events: &mut Vec<Arc<WatchEvent>>,
     ) -> Result<Result<TxnOutcome>> {
         let prev = read_latest(&tables.latest, &tables.history, key.as_bytes())?;
         let holds = match condition {
@@ -1052,7 +1052,7 @@ impl Writer {
             prev: event.prev.clone(),
             kv: (event.kind == EventKind::Put).then(|| event.kv.clone()),
         };
-        events.push(event);
+        events.push(Arc::new(event));
         Ok(Ok(outcome))
     }
 
@@ -1149,7 +1149,7 @@ impl Writer {
         &mut self,
         tables: &mut Tables<'_>,
         lease: LeaseId,
-        events: &mut Vec<WatchEvent>,
+        events: &mut Vec<Arc<WatchEvent>>,
     ) -> Result<Result<()>> {
         if tables
             .leases
@@ -1173,7 +1173,7 @@ impl Writer {
         for key in keys {
             let prev = read_latest(&tables.latest, &tables.history, key.as_bytes())?;
             if prev.is_some() {
-                events.push(self.write(tables, &key, None, prev)?);
+                events.push(Arc::new(self.write(tables, &key, None, prev)?));
             }
         }
         Ok(Ok(()))
@@ -1255,12 +1255,12 @@ impl Writer {
 /// (no task or channel per watcher), and falls back to history when it fell behind.
 struct Watcher {
     shared: Weak<Shared>,
-    live: broadcast::Receiver<Arc<Vec<WatchEvent>>>,
+    live: broadcast::Receiver<Arc<Vec<Arc<WatchEvent>>>>,
     prefix: Vec<u8>,
     /// The next revision this watcher has not yet looked at.
     next: Revision,
     /// Read but not yet yielded.
-    ready: VecDeque<WatchEvent>,
+    ready: VecDeque<Arc<WatchEvent>>,
     /// Read history up to this revision before listening to the fan-out again.
     catch_up_to: Option<Revision>,
     done: bool,
@@ -1275,7 +1275,7 @@ impl Watcher {
     }
 
     /// The next event; an error ends the watch.
-    async fn next_item(&mut self) -> Option<Result<WatchEvent>> {
+    async fn next_item(&mut self) -> Option<Result<Arc<WatchEvent>>> {
         loop {
             if let Some(event) = self.ready.pop_front() {
                 return Some(Ok(event));
@@ -1312,7 +1312,7 @@ impl Watcher {
 
     /// Takes the events of one committed batch (consecutive revisions) that this watcher has not
     /// seen yet; a batch that starts past `next` means a gap, which history fills.
-    fn take_batch(&mut self, batch: &[WatchEvent]) {
+    fn take_batch(&mut self, batch: &[Arc<WatchEvent>]) {
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             return;
         };
@@ -1354,7 +1354,7 @@ fn read_history(
     from: Revision,
     upto: Revision,
     max: usize,
-) -> Result<(Vec<WatchEvent>, Revision)> {
+) -> Result<(Vec<Arc<WatchEvent>>, Revision)> {
     let txn = shared.db.begin_read().map_err(backend)?;
     let meta = txn.open_table(META).map_err(backend)?;
     let compacted = meta_get(&meta, META_COMPACTED)? as Revision;
@@ -1393,11 +1393,11 @@ fn read_history(
         } else {
             EventKind::Put
         };
-        events.push(WatchEvent {
+        events.push(Arc::new(WatchEvent {
             kind,
             kv: record.key_value(revision)?,
             prev,
-        });
+        }));
     }
     Ok((events, next))
 }

@@ -6,6 +6,7 @@
 //! [`StoreError::Unavailable`] naming the endpoints.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -502,7 +503,7 @@ fn compacted_or_cancelled(response: &etcd_client::WatchResponse, from: Revision)
     }
 }
 
-fn convert_event(event: &etcd_client::Event) -> Result<WatchEvent> {
+fn convert_event(event: &etcd_client::Event) -> Result<Arc<WatchEvent>> {
     let kv = event
         .kv()
         .ok_or_else(|| StoreError::Backend("etcd watch event without a key".into()))?;
@@ -516,9 +517,9 @@ fn convert_event(event: &etcd_client::Event) -> Result<WatchEvent> {
             EventKind::Delete
         }
     };
-    Ok(WatchEvent {
+    Ok(Arc::new(WatchEvent {
         kind,
         kv,
         prev: event.prev_kv().map(key_value).transpose()?,
-    })
+    }))
 }

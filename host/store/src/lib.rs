@@ -211,8 +211,9 @@ impl WatchEvent {
 
 /// An ordered stream of changes: every revision after the start exactly once, in order. It ends
 /// with an error (then nothing more) when the store cannot continue it, for example
-/// [`StoreError::Compacted`] after a consumer fell behind the retained history.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+/// [`StoreError::Compacted`] after a consumer fell behind the retained history. Events are
+/// shared: a thousand watchers of one change hold one copy of it.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Arc<WatchEvent>, StoreError>> + Send>>;
 
 /// Errors of the store. Each names what was wrong and, where one applies, the limit or endpoint.
 #[derive(Debug, thiserror::Error)]

@@ -108,7 +108,7 @@ fn applied_kv(outcome: TxnOutcome) -> KeyValue {
 }
 
 /// Reads `count` events from a watch, failing the test if they do not come in time.
-async fn next_events(stream: &mut WatchStream, count: usize) -> Vec<WatchEvent> {
+async fn next_events(stream: &mut WatchStream, count: usize) -> Vec<Arc<WatchEvent>> {
     let mut events = Vec::with_capacity(count);
     while events.len() < count {
         let event = timeout(WAIT, stream.next())
@@ -604,7 +604,7 @@ async fn slow_watcher_misses_nothing(b: Backend) {
     }
     written.sort();
     let events = next_events(&mut stream, total).await;
-    let seen: Vec<Revision> = events.iter().map(WatchEvent::revision).collect();
+    let seen: Vec<Revision> = events.iter().map(|e| e.revision()).collect();
     assert_eq!(seen, written);
 }
 
