@@ -72,11 +72,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     println!("flotilla: serving on http://{address} (health: http://{address}/healthz)");
 
+    let api = flotilla_apiserver::ApiServer::new(store.clone());
     let app = axum::Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(health))
         .route("/livez", get(|| async { "ok" }))
-        .with_state(store);
+        .with_state(store)
+        .merge(api.router());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

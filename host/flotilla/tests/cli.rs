@@ -230,3 +230,124 @@ fn store_benchmark_reports_both_backends() {
     // The scratch data is removed.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Runs the real kubectl against `server`, with an empty kubeconfig so nothing else leaks in.
+fn kubectl(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .arg(format!("--server=http://{server}"))
+        .args(args)
+        .output()
+        .expect("kubectl is on the machine image (/usr/bin/kubectl); it must be installed");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kubectl_drives_the_api_server_in_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = start(&["up", "--data-dir", data.to_str().unwrap()]);
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "").unwrap();
+    let run = |args: &[&str]| {
+        let (ok, stdout, stderr) = kubectl(&up.address, &kubeconfig, args);
+        assert!(ok, "kubectl {args:?} failed: {stderr}");
+        stdout
+    };
+
+    let version: serde_json::Value =
+        serde_json::from_str(&run(&["version", "-o", "json"])).unwrap();
+    assert_eq!(version["serverVersion"]["minor"], "32");
+    let resources = run(&["api-resources"]);
+    assert!(
+        resources
+            .lines()
+            .any(|l| l.starts_with("configmaps") && l.contains(" cm ")),
+        "{resources}"
+    );
+
+    let namespace = dir.path().join("ns.json");
+    std::fs::write(
+        &namespace,
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"demo"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        run(&[
+            "create",
+            "--validate=false",
+            "-f",
+            namespace.to_str().unwrap()
+        ])
+        .trim(),
+        "namespace/demo created"
+    );
+    let configmap = dir.path().join("cm.yaml");
+    std::fs::write(
+        &configmap,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: demo\n  labels: {app: web}\ndata:\n  k: v\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run(&[
+            "create",
+            "--validate=false",
+            "-f",
+            configmap.to_str().unwrap()
+        ])
+        .trim(),
+        "configmap/app created"
+    );
+
+    assert_eq!(
+        run(&["get", "cm", "-n", "demo", "-o", "name"]).trim(),
+        "configmap/app"
+    );
+    let selected: serde_json::Value = serde_json::from_str(&run(&[
+        "get",
+        "configmaps",
+        "-n",
+        "demo",
+        "-l",
+        "app=web",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(selected["items"][0]["data"]["k"], "v");
+    assert_eq!(
+        run(&["get", "cm", "-n", "demo", "-l", "app=db", "-o", "name"]).trim(),
+        ""
+    );
+    assert_eq!(
+        run(&["get", "cm", "-A", "-o", "name"]).trim(),
+        "configmap/app"
+    );
+
+    // A duplicate is refused with Kubernetes' message.
+    let (ok, _, stderr) = kubectl(
+        &up.address,
+        &kubeconfig,
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            configmap.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("configmaps \"app\" already exists"),
+        "{stderr}"
+    );
+
+    assert_eq!(
+        run(&["delete", "cm", "app", "-n", "demo"]).trim(),
+        "configmap \"app\" deleted"
+    );
+    assert_eq!(run(&["get", "cm", "-n", "demo", "-o", "name"]).trim(), "");
+}

@@ -1,0 +1,869 @@
+//! The Kubernetes-compatible API server: REST verbs, discovery, version and watch over HTTP, for
+//! the kinds declared in [`resources`]. It is the only component that holds the store; every
+//! other component, even inside one `flotilla up` process, is its client.
+//!
+//! It owns request decoding, object metadata (uid, timestamps, generation, resourceVersion),
+//! optimistic concurrency and the mapping of objects to store keys. It must not run policy:
+//! admission, scheduling and controllers are plugins reached through their own crates.
+//!
+//! Objects are handled in Kubernetes' JSON wire format (`serde_json::Value`) and stored as JSON;
+//! `metadata.resourceVersion` is the store's mod revision of the object, set on every read.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use flotilla_api::{FieldSelector, LabelSelector, Status, StatusCause, validation};
+use flotilla_store::{
+    EventKind, KeyValue, RangeRequest, Revision, SharedStore, StoreError, StoreExt, TxnOutcome,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+pub mod resources;
+
+use resources::{ResourceDef, VERBS};
+
+/// Requests larger than this are refused with 413, as Kubernetes does.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The Kubernetes version this server speaks; kubectl picks its behaviour by the minor.
+pub const KUBERNETES_MAJOR: &str = "1";
+pub const KUBERNETES_MINOR: &str = "32";
+
+/// The API server's state: the store and the served resources.
+#[derive(Debug)]
+pub struct ApiServer {
+    store: SharedStore,
+    resources: Vec<ResourceDef>,
+}
+
+/// An error answered as a `metav1.Status` (boxed: errors are rare, results are everywhere).
+#[derive(Debug)]
+pub struct ApiError(pub Box<Status>);
+
+impl From<Status> for ApiError {
+    fn from(status: Status) -> Self {
+        Self(Box::new(status))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::from(match error {
+            StoreError::Compacted { requested, .. } => {
+                Status::expired(format!("too old resource version: {requested}"))
+            }
+            StoreError::ValueTooLarge { size, limit, .. } => Status::new(
+                flotilla_api::StatusReason::RequestEntityTooLarge,
+                format!("object is {size} bytes, over the storage limit of {limit} bytes"),
+            ),
+            other => Status::internal(other.to_string()),
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, json_body(&self.0.to_json())).into_response();
+        if let Some(seconds) = self.0.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_body(value: &Value) -> Response {
+    let mut response = Response::new(Body::from(value.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    let mut response = json_body(value);
+    *response.status_mut() = code;
+    response
+}
+
+impl ApiServer {
+    pub fn new(store: SharedStore) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            resources: resources::builtin(),
+        })
+    }
+
+    /// The HTTP routes: version, discovery and every resource's REST endpoints.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/version", get(version))
+            .route("/api", get(api_versions))
+            .route("/apis", get(api_groups))
+            .fallback(rest)
+            .with_state(self.clone())
+    }
+
+    fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+    }
+}
+
+async fn version() -> Response {
+    json_body(&json!({
+        "major": KUBERNETES_MAJOR,
+        "minor": KUBERNETES_MINOR,
+        "gitVersion": format!("v{KUBERNETES_MAJOR}.{KUBERNETES_MINOR}.0-flotilla.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    }))
+}
+
+async fn api_versions() -> Response {
+    json_body(&json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [],
+    }))
+}
+
+async fn api_groups(State(server): State<Arc<ApiServer>>) -> Response {
+    let mut groups: Vec<(&str, &str)> = server
+        .resources
+        .iter()
+        .filter(|r| !r.group.is_empty())
+        .map(|r| (r.group, r.version))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(group, version)| {
+            let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+            json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json_body(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+}
+
+/// The resources of one group version, for discovery.
+fn resource_list(server: &ApiServer, group: &str, version: &str) -> Option<Value> {
+    let resources: Vec<Value> = server
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| {
+            json!({
+                "name": r.plural,
+                "singularName": r.singular,
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": VERBS,
+                "shortNames": r.short_names,
+                "categories": r.categories,
+            })
+        })
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    let group_version = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }))
+}
+
+/// What a REST path names.
+struct Target<'a> {
+    resource: &'a ResourceDef,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn not_found_path(path: &str) -> ApiError {
+    ApiError::from(Status::new(
+        flotilla_api::StatusReason::NotFound,
+        format!("the server could not find the requested resource ({path})"),
+    ))
+}
+
+/// Resolves `/api/v1/...` and `/apis/<group>/<version>/...` paths.
+fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(not_found_path(path)),
+    };
+    let lookup = |plural: &str| {
+        server
+            .find(group, version, plural)
+            .ok_or_else(|| not_found_path(path))
+    };
+    let target = match rest {
+        [] => return Ok(None),
+        ["namespaces", namespace, plural] => {
+            let resource = lookup(plural)?;
+            if !resource.namespaced {
+                return Err(not_found_path(path));
+            }
+            Target {
+                resource,
+                namespace: Some((*namespace).to_owned()),
+                name: None,
+            }
+        }
+        ["namespaces", namespace, plural, name] => {
+            let resource = lookup(plural)?;
+            if !resource.namespaced {
+                return Err(not_found_path(path));
+            }
+            Target {
+                resource,
+                namespace: Some((*namespace).to_owned()),
+                name: Some((*name).to_owned()),
+            }
+        }
+        [plural] => Target {
+            resource: lookup(plural)?,
+            namespace: None,
+            name: None,
+        },
+        [plural, name] => {
+            let resource = lookup(plural)?;
+            if resource.namespaced {
+                return Err(not_found_path(path));
+            }
+            Target {
+                resource,
+                namespace: None,
+                name: Some((*name).to_owned()),
+            }
+        }
+        _ => return Err(not_found_path(path)),
+    };
+    Ok(Some(target))
+}
+
+/// Query parameters, percent-decoded.
+fn query_params(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Query {
+    params: Vec<(String, String)>,
+}
+
+impl Query {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true" | "1"))
+    }
+
+    fn labels(&self) -> Result<LabelSelector, ApiError> {
+        self.get("labelSelector")
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: flotilla_api::SelectorError| {
+                ApiError::from(Status::bad_request(e.to_string()))
+            })
+    }
+
+    fn fields(&self) -> Result<FieldSelector, ApiError> {
+        let selector: FieldSelector = self
+            .get("fieldSelector")
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: flotilla_api::SelectorError| {
+                ApiError::from(Status::bad_request(e.to_string()))
+            })?;
+        for term in selector.terms() {
+            if !matches!(term.field.as_str(), "metadata.name" | "metadata.namespace") {
+                return Err(ApiError::from(Status::bad_request(format!(
+                    "field label not supported: {}",
+                    term.field
+                ))));
+            }
+        }
+        Ok(selector)
+    }
+}
+
+async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
+    match handle(&server, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
+    let path = request.uri().path().to_owned();
+    let query = Query {
+        params: query_params(request.uri().query()),
+    };
+    let method = request.method().clone();
+    let Some(target) = resolve(server, &path)? else {
+        // A group version's discovery document.
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, version) = match segments.as_slice() {
+            ["api", version] => ("", *version),
+            ["apis", group, version] => (*group, *version),
+            _ => return Err(not_found_path(&path)),
+        };
+        return resource_list(server, group, version)
+            .map(|list| json_body(&list))
+            .ok_or_else(|| not_found_path(&path));
+    };
+    match (method, target.name.is_some()) {
+        (Method::GET, false) if query.flag("watch") => watch(server, &target, &query).await,
+        (Method::GET, false) => list(server, &target, &query).await,
+        (Method::GET, true) => get_object(server, &target).await,
+        (Method::POST, false) => {
+            let body = read_body(request).await?;
+            create(server, &target, body).await
+        }
+        (Method::PUT, true) => {
+            let body = read_body(request).await?;
+            update(server, &target, body).await
+        }
+        (Method::DELETE, true) => delete(server, &target).await,
+        (method, _) => Err(ApiError::from(Status::new(
+            flotilla_api::StatusReason::MethodNotAllowed,
+            format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ),
+        ))),
+    }
+}
+
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::from(Status::new(
+                flotilla_api::StatusReason::RequestEntityTooLarge,
+                format!("the request body is over the limit of {MAX_BODY_BYTES} bytes"),
+            ))
+        })
+}
+
+/// A stored object as served: the JSON with `metadata.resourceVersion` set to its revision.
+fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::from(Status::internal(format!(
+            "stored object {} is not JSON: {e}",
+            kv.key
+        )))
+    })?;
+    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(object)
+}
+
+fn encode(object: &Value) -> Bytes {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("resourceVersion");
+    }
+    Bytes::from(object.to_string())
+}
+
+fn matches(object: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+    let metadata = &object["metadata"];
+    let object_labels = metadata["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    labels.matches(&object_labels)
+        && fields.matches(|field| match field {
+            "metadata.name" => metadata["name"].as_str(),
+            "metadata.namespace" => metadata["namespace"].as_str(),
+            _ => None,
+        })
+}
+
+async fn get_object(server: &ApiServer, target: &Target<'_>) -> ApiResult {
+    let name = target.name.as_deref().unwrap_or_default();
+    let key = target.resource.key(target.namespace.as_deref(), name);
+    match server.store.get(&key, None).await? {
+        (Some(kv), _) => Ok(json_body(&decode(&kv)?)),
+        (None, _) => Err(ApiError::from(Status::not_found(
+            target.resource.group,
+            target.resource.plural,
+            name,
+        ))),
+    }
+}
+
+/// A continue token: the snapshot revision and the next key, `<revision>:<key>` in hex so that
+/// it survives any URL encoding unchanged.
+fn continue_token(revision: Revision, next_key: &str) -> String {
+    format!("{revision}:{next_key}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn parse_continue(token: &str) -> Result<(Revision, String), ApiError> {
+    let invalid = || {
+        ApiError::from(Status::bad_request(format!(
+            "invalid continue token {token:?}"
+        )))
+    };
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(invalid)?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    text.split_once(':')
+        .and_then(|(rev, key)| Some((rev.parse().ok()?, key.to_owned())))
+        .ok_or_else(invalid)
+}
+
+async fn list(server: &ApiServer, target: &Target<'_>, query: &Query) -> ApiResult {
+    let labels = query.labels()?;
+    let fields = query.fields()?;
+    let limit: usize = match query.get("limit") {
+        Some(l) if !l.is_empty() => l
+            .parse()
+            .map_err(|_| ApiError::from(Status::bad_request(format!("invalid limit {l:?}"))))?,
+        _ => 0,
+    };
+    let prefix = target.resource.prefix(target.namespace.as_deref());
+    let mut request = RangeRequest::prefix(&prefix);
+    if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
+        let (revision, start) = parse_continue(token)?;
+        if !start.starts_with(&prefix) {
+            return Err(ApiError::from(Status::bad_request(
+                "continue token does not belong to this list",
+            )));
+        }
+        request = request.at(revision).start(start);
+    }
+    let mut items = Vec::new();
+    let mut revision: Revision;
+    let mut next = None;
+    loop {
+        let page_size = if limit == 0 {
+            0
+        } else {
+            (limit - items.len()).max(1)
+        };
+        let page = server
+            .store
+            .range(request.clone().limit(page_size))
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted { .. } => ApiError::from(Status::expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                )),
+                other => other.into(),
+            })?;
+        revision = page.revision;
+        for kv in &page.kvs {
+            let object = decode(kv)?;
+            if matches(&object, &labels, &fields) {
+                items.push(object);
+            }
+        }
+        match page.continue_from() {
+            Some(from) if limit > 0 && items.len() >= limit => {
+                next = Some(continue_token(page.revision, &from));
+                break;
+            }
+            Some(from) => request = request.at(page.revision).start(from),
+            None => break,
+        }
+    }
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(next) = next {
+        metadata["continue"] = json!(next);
+    }
+    Ok(json_body(&json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": metadata,
+        "items": items,
+    })))
+}
+
+fn parse_object(body: &[u8], resource: &ResourceDef) -> Result<Value, ApiError> {
+    let object: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::from(Status::bad_request(format!(
+            "the request body is not valid JSON: {e}"
+        )))
+    })?;
+    if !object.is_object() {
+        return Err(ApiError::from(Status::bad_request(
+            "the request body must be a JSON object",
+        )));
+    }
+    if let Some(kind) = object.get("kind").and_then(Value::as_str)
+        && kind != resource.kind
+    {
+        return Err(ApiError::from(Status::bad_request(format!(
+            "the kind {kind:?} does not match the resource {:?} (kind {:?})",
+            resource.plural, resource.kind
+        ))));
+    }
+    if let Some(api_version) = object.get("apiVersion").and_then(Value::as_str)
+        && api_version != resource.api_version()
+    {
+        return Err(ApiError::from(Status::bad_request(format!(
+            "the apiVersion {api_version:?} does not match {:?}",
+            resource.api_version()
+        ))));
+    }
+    Ok(object)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Letters Kubernetes uses for generated name suffixes (no vowels, no look-alikes).
+const NAME_SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generated_suffix() -> String {
+    let random = uuid::Uuid::new_v4();
+    random.as_bytes()[..5]
+        .iter()
+        .map(|b| NAME_SUFFIX_ALPHABET[*b as usize % NAME_SUFFIX_ALPHABET.len()] as char)
+        .collect()
+}
+
+async fn namespace_exists(server: &ApiServer, namespace: &str) -> Result<bool, ApiError> {
+    let namespaces = server
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::from(Status::internal("namespaces are not served")))?;
+    Ok(server
+        .store
+        .get(&namespaces.key(None, namespace), None)
+        .await?
+        .0
+        .is_some())
+}
+
+async fn create(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResult {
+    let resource = target.resource;
+    let mut object = parse_object(&body, resource)?;
+    object["kind"] = json!(resource.kind);
+    object["apiVersion"] = json!(resource.api_version());
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    let metadata = &mut object["metadata"];
+    if let Some(namespace) = &target.namespace {
+        match metadata["namespace"].as_str() {
+            Some(ns) if ns != namespace => {
+                return Err(ApiError::from(Status::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )));
+            }
+            _ => metadata["namespace"] = json!(namespace),
+        }
+    } else if let Some(map) = metadata.as_object_mut() {
+        map.remove("namespace");
+    }
+    let name = match (metadata["name"].as_str(), metadata["generateName"].as_str()) {
+        (Some(name), _) if !name.is_empty() => name.to_owned(),
+        (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{}", generated_suffix()),
+        _ => {
+            return Err(ApiError::from(Status::invalid(
+                resource.group,
+                resource.kind,
+                "",
+                vec![StatusCause::required("metadata.name")],
+            )));
+        }
+    };
+    let problems = if resource.plural == "namespaces" {
+        validation::dns1123_label(&name)
+    } else {
+        validation::dns1123_subdomain(&name)
+    };
+    if !problems.is_empty() {
+        let causes = problems
+            .iter()
+            .map(|p| StatusCause::invalid("metadata.name", &json!(name), p))
+            .collect();
+        return Err(ApiError::from(Status::invalid(
+            resource.group,
+            resource.kind,
+            &name,
+            causes,
+        )));
+    }
+    metadata["name"] = json!(name);
+    metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    metadata["creationTimestamp"] = json!(now_rfc3339());
+    metadata["generation"] = json!(1);
+    if let Some(namespace) = &target.namespace
+        && !namespace_exists(server, namespace).await?
+    {
+        return Err(ApiError::from(Status::not_found(
+            "",
+            "namespaces",
+            namespace,
+        )));
+    }
+    let key = resource.key(target.namespace.as_deref(), &name);
+    match server.store.create(&key, encode(&object), None).await? {
+        TxnOutcome::Applied { kv: Some(kv), .. } => {
+            Ok(json_response(StatusCode::CREATED, &decode(&kv)?))
+        }
+        _ => Err(ApiError::from(Status::already_exists(
+            resource.group,
+            resource.plural,
+            &name,
+        ))),
+    }
+}
+
+async fn update(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResult {
+    let resource = target.resource;
+    let name = target.name.as_deref().unwrap_or_default();
+    let mut object = parse_object(&body, resource)?;
+    if object["metadata"]["name"].as_str() != Some(name) {
+        return Err(ApiError::from(Status::bad_request(
+            "the name of the object does not match the name on the URL",
+        )));
+    }
+    let key = resource.key(target.namespace.as_deref(), name);
+    let (current, _) = server.store.get(&key, None).await?;
+    let Some(current) = current else {
+        return Err(ApiError::from(Status::not_found(
+            resource.group,
+            resource.plural,
+            name,
+        )));
+    };
+    let existing = decode(&current)?;
+    let conflict = || ApiError::from(Status::conflict(resource.group, resource.plural, name));
+    match object["metadata"]["resourceVersion"].as_str() {
+        Some(rv) if !rv.is_empty() && rv != current.mod_revision.to_string() => {
+            return Err(conflict());
+        }
+        _ => {}
+    }
+    // What the server owns is kept from the stored object.
+    object["kind"] = json!(resource.kind);
+    object["apiVersion"] = json!(resource.api_version());
+    for field in ["uid", "creationTimestamp", "namespace", "generation"] {
+        match existing["metadata"].get(field) {
+            Some(value) => object["metadata"][field] = value.clone(),
+            None => {
+                if let Some(map) = object["metadata"].as_object_mut() {
+                    map.remove(field);
+                }
+            }
+        }
+    }
+    if object.get("spec") != existing.get("spec") {
+        let generation = existing["metadata"]["generation"].as_i64().unwrap_or(1);
+        object["metadata"]["generation"] = json!(generation + 1);
+    }
+    object["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
+    // A write that changes nothing is not a write: same resourceVersion, no watch event.
+    if object == existing {
+        return Ok(json_body(&existing));
+    }
+    match server
+        .store
+        .update(&key, encode(&object), current.mod_revision, None)
+        .await?
+    {
+        TxnOutcome::Applied { kv: Some(kv), .. } => Ok(json_body(&decode(&kv)?)),
+        _ => Err(conflict()),
+    }
+}
+
+async fn delete(server: &ApiServer, target: &Target<'_>) -> ApiResult {
+    let resource = target.resource;
+    let name = target.name.as_deref().unwrap_or_default();
+    let key = resource.key(target.namespace.as_deref(), name);
+    let not_found = || ApiError::from(Status::not_found(resource.group, resource.plural, name));
+    let (current, _) = server.store.get(&key, None).await?;
+    let current = current.ok_or_else(not_found)?;
+    match server
+        .store
+        .delete(&key, Some(current.mod_revision))
+        .await?
+    {
+        TxnOutcome::Applied {
+            prev: Some(prev), ..
+        } => Ok(json_body(&decode(&prev)?)),
+        _ => Err(ApiError::from(Status::conflict(
+            resource.group,
+            resource.plural,
+            name,
+        ))),
+    }
+}
+
+/// One watch event line.
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+async fn watch(server: &Arc<ApiServer>, target: &Target<'_>, query: &Query) -> ApiResult {
+    let labels = query.labels()?;
+    let fields = query.fields()?;
+    let prefix = target.resource.prefix(target.namespace.as_deref());
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut initial = Vec::new();
+    let from = match query
+        .get("resourceVersion")
+        .filter(|rv| !rv.is_empty() && *rv != "0")
+    {
+        Some(rv) => {
+            let rv: Revision = rv.parse().map_err(|_| {
+                ApiError::from(Status::bad_request(format!(
+                    "invalid resourceVersion {rv:?}"
+                )))
+            })?;
+            rv + 1
+        }
+        None => {
+            // No resourceVersion: the current objects first, as ADDED, then what follows.
+            let page = server.store.range(RangeRequest::prefix(&prefix)).await?;
+            for kv in &page.kvs {
+                let object = decode(kv)?;
+                if matches(&object, &labels, &fields) {
+                    initial.push(watch_line("ADDED", &object));
+                }
+            }
+            page.revision + 1
+        }
+    };
+    let events = match server.store.watch(&prefix, from).await {
+        Ok(events) => events,
+        Err(StoreError::Compacted { .. }) => {
+            let status = Status::expired(format!("too old resource version: {}", from - 1));
+            let line = watch_line("ERROR", &status.to_json());
+            return Ok(streaming(futures::stream::iter([line]).boxed()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let lines = events.filter_map(move |event| {
+        let line = match event {
+            Ok(event) => {
+                let (kind, source) = match (event.kind, &event.prev) {
+                    (EventKind::Delete, Some(prev)) => ("DELETED", prev),
+                    (EventKind::Put, Some(_)) => ("MODIFIED", &event.kv),
+                    (EventKind::Put, None) => ("ADDED", &event.kv),
+                    (EventKind::Delete, None) => return futures::future::ready(None),
+                };
+                match decode(source) {
+                    Ok(mut object) => {
+                        object["metadata"]["resourceVersion"] =
+                            json!(event.kv.mod_revision.to_string());
+                        matches(&object, &labels, &fields).then(|| watch_line(kind, &object))
+                    }
+                    Err(e) => Some(watch_line("ERROR", &e.0.to_json())),
+                }
+            }
+            Err(StoreError::Compacted { requested, .. }) => Some(watch_line(
+                "ERROR",
+                &Status::expired(format!("too old resource version: {requested}")).to_json(),
+            )),
+            Err(e) => Some(watch_line(
+                "ERROR",
+                &Status::internal(e.to_string()).to_json(),
+            )),
+        };
+        futures::future::ready(line)
+    });
+    let stream = futures::stream::iter(initial).chain(lines);
+    let stream = match timeout {
+        Some(timeout) => stream.take_until(tokio::time::sleep(timeout)).boxed(),
+        None => stream.boxed(),
+    };
+    Ok(streaming(stream))
+}
+
+fn streaming(lines: futures::stream::BoxStream<'static, Bytes>) -> Response {
+    let body = Body::from_stream(lines.map(Ok::<_, std::convert::Infallible>));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

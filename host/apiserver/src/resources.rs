@@ -1,0 +1,137 @@
+//! The kinds the API server serves, each a small declaration. The REST machinery is generic over
+//! them; adding a kind is adding an entry here.
+
+/// One served resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceDef {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    /// The URL segment and storage name: `pods`.
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    /// `all` for the kinds `kubectl get all` shows.
+    pub categories: &'static [&'static str],
+}
+
+/// The verbs every served resource supports.
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+impl ResourceDef {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store key of one object: `/registry/<plural>/<namespace>/<name>` as Kubernetes lays
+    /// them out (groups other than core and apps get their group as a prefix to the plural).
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.prefix(namespace))
+    }
+
+    /// The store prefix of a collection: every object of this resource, or those of one
+    /// namespace.
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        let resource = if self.group.is_empty() || self.group == "apps" {
+            self.plural.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.plural)
+        };
+        match (self.namespaced, namespace) {
+            (true, Some(namespace)) => format!("/registry/{resource}/{namespace}/"),
+            _ => format!("/registry/{resource}/"),
+        }
+    }
+}
+
+const fn core(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    namespaced: bool,
+    categories: &'static [&'static str],
+) -> ResourceDef {
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names,
+        namespaced,
+        categories,
+    }
+}
+
+/// Every built-in resource.
+pub fn builtin() -> Vec<ResourceDef> {
+    vec![
+        core("Namespace", "namespaces", "namespace", &["ns"], false, &[]),
+        core("Node", "nodes", "node", &["no"], false, &[]),
+        core("Pod", "pods", "pod", &["po"], true, &["all"]),
+        core("Service", "services", "service", &["svc"], true, &["all"]),
+        core("Endpoints", "endpoints", "endpoints", &["ep"], true, &[]),
+        core("ConfigMap", "configmaps", "configmap", &["cm"], true, &[]),
+        core("Secret", "secrets", "secret", &[], true, &[]),
+        core("Event", "events", "event", &["ev"], true, &[]),
+        core(
+            "ServiceAccount",
+            "serviceaccounts",
+            "serviceaccount",
+            &["sa"],
+            true,
+            &[],
+        ),
+        ResourceDef {
+            group: "coordination.k8s.io",
+            version: "v1",
+            kind: "Lease",
+            plural: "leases",
+            singular: "lease",
+            short_names: &[],
+            namespaced: true,
+            categories: &[],
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_kubernetes_layout() {
+        let all = builtin();
+        let pods = all.iter().find(|r| r.plural == "pods").unwrap();
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/pods/default/web"
+        );
+        assert_eq!(pods.prefix(None), "/registry/pods/");
+        let ns = all.iter().find(|r| r.plural == "namespaces").unwrap();
+        assert_eq!(ns.key(None, "default"), "/registry/namespaces/default");
+        let leases = all.iter().find(|r| r.plural == "leases").unwrap();
+        assert_eq!(
+            leases.key(Some("kube-node-lease"), "n1"),
+            "/registry/coordination.k8s.io/leases/kube-node-lease/n1"
+        );
+        assert_eq!(leases.api_version(), "coordination.k8s.io/v1");
+    }
+}

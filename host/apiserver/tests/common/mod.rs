@@ -1,0 +1,23 @@
+//! A real API server on a free loopback port over an embedded store in a temporary directory.
+
+use std::sync::Arc;
+
+use flotilla_apiserver::ApiServer;
+use flotilla_store::{EmbeddedOptions, EmbeddedStore};
+
+pub struct Server {
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let api = ApiServer::new(Arc::new(store));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api.router()).await });
+    Server { url, _dir: dir }
+}

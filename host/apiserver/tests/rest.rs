@@ -1,0 +1,352 @@
+//! The REST surface over real HTTP: verbs, metadata, optimistic concurrency, selectors,
+//! pagination, watch and errors as `metav1.Status`.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+async fn client() -> (common::Server, Client) {
+    let server = common::start().await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+    };
+    let (code, _) = client
+        .post("/api/v1/namespaces", json!({"metadata": {"name": "demo"}}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    (server, client)
+}
+
+fn configmap(name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": "web"}}, "data": data})
+}
+
+const CMS: &str = "/api/v1/namespaces/demo/configmaps";
+
+#[tokio::test]
+async fn version_and_discovery_describe_the_server() {
+    let (_server, c) = client().await;
+    let (_, version) = c.get("/version").await;
+    assert_eq!(version["major"], "1");
+    assert_eq!(version["minor"], "32");
+    let (_, core) = c.get("/api/v1").await;
+    assert_eq!(core["kind"], "APIResourceList");
+    let pods = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods")
+        .unwrap();
+    assert_eq!(pods["namespaced"], true);
+    assert_eq!(pods["shortNames"], json!(["po"]));
+    assert_eq!(pods["categories"], json!(["all"]));
+    let (_, groups) = c.get("/apis").await;
+    assert!(
+        groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "coordination.k8s.io")
+    );
+    let (code, status) = c.get("/apis/nope.example/v1").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(status["kind"], "Status");
+}
+
+#[tokio::test]
+async fn create_sets_metadata_and_errors_are_statuses() {
+    let (_server, c) = client().await;
+    let (code, created) = c.post(CMS, configmap("app", json!({"k": "v"}))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let metadata = &created["metadata"];
+    assert_eq!(metadata["namespace"], "demo");
+    assert!(metadata["uid"].as_str().unwrap().len() == 36);
+    assert!(
+        metadata["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(
+        metadata["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+
+    let (code, got) = c.get(&format!("{CMS}/app")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got, created);
+
+    let (code, status) = c.post(CMS, configmap("app", json!({}))).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_eq!(status["reason"], "AlreadyExists");
+    assert_eq!(status["message"], "configmaps \"app\" already exists");
+
+    let (code, status) = c
+        .post(
+            "/api/v1/namespaces/missing/configmaps",
+            configmap("x", json!({})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(status["message"], "namespaces \"missing\" not found");
+
+    let (code, status) = c.post(CMS, configmap("Bad_Name", json!({}))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(status["details"]["causes"][0]["field"], "metadata.name");
+
+    let (code, generated) = c
+        .post(
+            CMS,
+            json!({"metadata": {"generateName": "gen-"}, "data": {}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let name = generated["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+
+    let (code, status) = c.get(&format!("{CMS}/nope")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(status["message"], "configmaps \"nope\" not found");
+
+    let (code, status) = c
+        .post(CMS, json!({"kind": "Pod", "metadata": {"name": "x"}}))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(status["kind"], "Status");
+
+    let raw = reqwest::Client::new()
+        .post(format!("{}{CMS}", c.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+
+    let huge =
+        json!({"metadata": {"name": "huge"}, "data": {"k": "x".repeat(3 * 1024 * 1024 + 1)}});
+    let (code, status) = c.post(CMS, huge).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(status["reason"], "RequestEntityTooLarge");
+}
+
+#[tokio::test]
+async fn updates_are_optimistic_and_no_ops_keep_the_resource_version() {
+    let (_server, c) = client().await;
+    let (_, created) = c.post(CMS, configmap("app", json!({"k": "1"}))).await;
+    let rv = created["metadata"]["resourceVersion"].clone();
+
+    // Nothing changed: same resourceVersion.
+    let (code, same) = c.put(&format!("{CMS}/app"), created.clone()).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(same["metadata"]["resourceVersion"], rv);
+
+    let mut changed = created.clone();
+    changed["data"]["k"] = json!("2");
+    let (code, updated) = c.put(&format!("{CMS}/app"), changed.clone()).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_ne!(updated["metadata"]["resourceVersion"], rv);
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+
+    // The first version's resourceVersion is stale now.
+    changed["data"]["k"] = json!("3");
+    let (code, status) = c.put(&format!("{CMS}/app"), changed).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_eq!(status["reason"], "Conflict");
+
+    // generation follows spec changes only.
+    let pods = "/api/v1/namespaces/demo/pods";
+    let (_, pod) = c
+        .post(pods, json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}))
+        .await;
+    assert_eq!(pod["metadata"]["generation"], 1);
+    let mut relabelled = pod.clone();
+    relabelled["metadata"]["labels"] = json!({"a": "b"});
+    let (_, pod) = c.put(&format!("{pods}/p"), relabelled).await;
+    assert_eq!(pod["metadata"]["generation"], 1);
+    let mut respecced = pod.clone();
+    respecced["spec"]["containers"][0]["image"] = json!("y");
+    let (_, pod) = c.put(&format!("{pods}/p"), respecced).await;
+    assert_eq!(pod["metadata"]["generation"], 2);
+
+    let (code, deleted) = c.delete(&format!("{pods}/p")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(deleted["metadata"]["name"], "p");
+    let (code, _) = c.delete(&format!("{pods}/p")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn lists_select_and_paginate() {
+    let (_server, c) = client().await;
+    for i in 0..7 {
+        let mut cm = configmap(&format!("cm-{i}"), json!({}));
+        cm["metadata"]["labels"] = json!({"parity": if i % 2 == 0 { "even" } else { "odd" }});
+        c.post(CMS, cm).await;
+    }
+    let (_, all) = c.get(CMS).await;
+    assert_eq!(all["kind"], "ConfigMapList");
+    assert_eq!(all["items"].as_array().unwrap().len(), 7);
+    let (_, even) = c.get(&format!("{CMS}?labelSelector=parity%3Deven")).await;
+    assert_eq!(even["items"].as_array().unwrap().len(), 4);
+    let (_, one) = c
+        .get(&format!("{CMS}?fieldSelector=metadata.name%3Dcm-3"))
+        .await;
+    assert_eq!(one["items"][0]["metadata"]["name"], "cm-3");
+    let (code, status) = c
+        .get(&format!("{CMS}?fieldSelector=spec.color%3Dred"))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(status["message"].as_str().unwrap().contains("spec.color"));
+
+    // Pages of 3 from one snapshot: a write in between does not show.
+    let (_, page) = c.get(&format!("{CMS}?limit=3")).await;
+    let mut names: Vec<String> = Vec::new();
+    let mut page = page;
+    c.post(CMS, configmap("cm-late", json!({}))).await;
+    loop {
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned()),
+        );
+        let Some(token) = page["metadata"]["continue"].as_str() else {
+            break;
+        };
+        page = c.get(&format!("{CMS}?limit=3&continue={token}")).await.1;
+    }
+    assert_eq!(names, (0..7).map(|i| format!("cm-{i}")).collect::<Vec<_>>());
+    // Across namespaces.
+    let (_, everywhere) = c.get("/api/v1/configmaps").await;
+    assert_eq!(everywhere["items"].as_array().unwrap().len(), 8);
+}
+
+#[tokio::test]
+async fn watches_start_with_current_objects_and_resume_from_a_version() {
+    let (_server, c) = client().await;
+    let (_, first) = c.post(CMS, configmap("a", json!({"n": "1"}))).await;
+
+    let stream = reqwest::get(format!("{}{CMS}?watch=true", c.url))
+        .await
+        .unwrap();
+    let mut events = lines(stream);
+    let event = next(&mut events).await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("a"))
+    );
+
+    let mut changed = first.clone();
+    changed["data"]["n"] = json!("2");
+    let (_, second) = c.put(&format!("{CMS}/a"), changed).await;
+    c.delete(&format!("{CMS}/a")).await;
+    let modified = next(&mut events).await;
+    assert_eq!(modified["type"], "MODIFIED");
+    assert_eq!(modified["object"]["data"]["n"], "2");
+    let deleted = next(&mut events).await;
+    assert_eq!(deleted["type"], "DELETED");
+    assert_eq!(deleted["object"]["metadata"]["name"], "a");
+
+    // Resume after the first version: the update and the delete again, nothing before.
+    let rv = first["metadata"]["resourceVersion"].as_str().unwrap();
+    let resumed = reqwest::get(format!(
+        "{}{CMS}?watch=1&resourceVersion={rv}&timeoutSeconds=2",
+        c.url
+    ))
+    .await
+    .unwrap();
+    let mut resumed = lines(resumed);
+    let event = next(&mut resumed).await;
+    assert_eq!(event["type"], "MODIFIED");
+    assert_eq!(
+        event["object"]["metadata"]["resourceVersion"],
+        second["metadata"]["resourceVersion"]
+    );
+    assert_eq!(next(&mut resumed).await["type"], "DELETED");
+    // timeoutSeconds ends the stream.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), resumed.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+type Lines = futures::stream::BoxStream<'static, Value>;
+
+fn lines(response: reqwest::Response) -> Lines {
+    let mut buffer = Vec::new();
+    response
+        .bytes_stream()
+        .flat_map(move |chunk| {
+            buffer.extend_from_slice(&chunk.unwrap());
+            let mut out = Vec::new();
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                out.push(serde_json::from_slice::<Value>(&line).unwrap());
+            }
+            futures::stream::iter(out)
+        })
+        .boxed()
+}
+
+async fn next(lines: &mut Lines) -> Value {
+    tokio::time::timeout(Duration::from_secs(10), lines.next())
+        .await
+        .expect("no watch event in time")
+        .expect("watch ended")
+}
