@@ -389,6 +389,16 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
             let body = read_body(request).await?;
             update(server, &target, body).await
         }
+        (Method::PATCH, true) => {
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = read_body(request).await?;
+            patch(server, &target, &content_type, body).await
+        }
         (Method::DELETE, true) => delete(server, &target).await,
         (method, _) => Err(ApiError::from(Status::new(
             flotilla_api::StatusReason::MethodNotAllowed,
@@ -692,24 +702,40 @@ async fn create(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResu
 }
 
 async fn update(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResult {
+    let object = parse_object(&body, target.resource)?;
+    let current = current_object(server, target).await?;
+    replace(server, target, &current, object).await
+}
+
+/// The stored object a write applies to, or 404.
+async fn current_object(server: &ApiServer, target: &Target<'_>) -> Result<KeyValue, ApiError> {
     let resource = target.resource;
     let name = target.name.as_deref().unwrap_or_default();
-    let mut object = parse_object(&body, resource)?;
+    let key = resource.key(target.namespace.as_deref(), name);
+    server
+        .store
+        .get(&key, None)
+        .await?
+        .0
+        .ok_or_else(|| ApiError::from(Status::not_found(resource.group, resource.plural, name)))
+}
+
+/// Writes `object` over `current`: the server's own metadata is kept, generation follows spec
+/// changes, a stale resourceVersion is a 409, and a write that changes nothing writes nothing.
+async fn replace(
+    server: &ApiServer,
+    target: &Target<'_>,
+    current: &KeyValue,
+    mut object: Value,
+) -> ApiResult {
+    let resource = target.resource;
+    let name = target.name.as_deref().unwrap_or_default();
     if object["metadata"]["name"].as_str() != Some(name) {
         return Err(ApiError::from(Status::bad_request(
             "the name of the object does not match the name on the URL",
         )));
     }
-    let key = resource.key(target.namespace.as_deref(), name);
-    let (current, _) = server.store.get(&key, None).await?;
-    let Some(current) = current else {
-        return Err(ApiError::from(Status::not_found(
-            resource.group,
-            resource.plural,
-            name,
-        )));
-    };
-    let existing = decode(&current)?;
+    let existing = decode(current)?;
     let conflict = || ApiError::from(Status::conflict(resource.group, resource.plural, name));
     match object["metadata"]["resourceVersion"].as_str() {
         Some(rv) if !rv.is_empty() && rv != current.mod_revision.to_string() => {
@@ -717,7 +743,6 @@ async fn update(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResu
         }
         _ => {}
     }
-    // What the server owns is kept from the stored object.
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
     for field in ["uid", "creationTimestamp", "namespace", "generation"] {
@@ -741,11 +766,89 @@ async fn update(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResu
     }
     match server
         .store
-        .update(&key, encode(&object), current.mod_revision, None)
+        .update(&current.key, encode(&object), current.mod_revision, None)
         .await?
     {
         TxnOutcome::Applied { kv: Some(kv), .. } => Ok(json_body(&decode(&kv)?)),
         _ => Err(conflict()),
+    }
+}
+
+/// Whether a strategic merge patch needs more than merge-patch semantics: list merging by key or
+/// `$`-directives. Those are refused until strategic merge is served, rather than misapplied.
+fn needs_strategic_merge(patch: &Value) -> bool {
+    match patch {
+        Value::Array(_) => true,
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.starts_with('$') || needs_strategic_merge(v)),
+        _ => false,
+    }
+}
+
+/// How many times a patch is re-applied to a fresher object when another write won the race.
+const PATCH_ATTEMPTS: usize = 5;
+
+async fn patch(
+    server: &ApiServer,
+    target: &Target<'_>,
+    content_type: &str,
+    body: Bytes,
+) -> ApiResult {
+    let patch: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::from(Status::bad_request(format!(
+            "the patch is not valid JSON: {e}"
+        )))
+    })?;
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    let unsupported = |why: String| {
+        ApiError::from(Status::new(
+            flotilla_api::StatusReason::UnsupportedMediaType,
+            why,
+        ))
+    };
+    match media_type {
+        "application/merge-patch+json" | "application/json-patch+json" => {}
+        "application/strategic-merge-patch+json" if !needs_strategic_merge(&patch) => {}
+        "application/strategic-merge-patch+json" => {
+            return Err(unsupported(
+                "strategic merge patches of lists or with $-directives are not supported yet;                  use --type=merge or --type=json"
+                    .into(),
+            ));
+        }
+        other => {
+            return Err(unsupported(format!(
+                "the media type {other:?} is not a supported patch type (application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json)"
+            )));
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = current_object(server, target).await?;
+        let mut object = decode(&current)?;
+        if media_type == "application/json-patch+json" {
+            flotilla_api::json_patch(&mut object, &patch).map_err(|e| match e {
+                flotilla_api::PatchError::Malformed(_) => {
+                    ApiError::from(Status::bad_request(e.to_string()))
+                }
+                flotilla_api::PatchError::DoesNotApply(_) => ApiError::from(Status::new(
+                    flotilla_api::StatusReason::Invalid,
+                    e.to_string(),
+                )),
+            })?;
+        } else {
+            flotilla_api::merge_patch(&mut object, &patch);
+        }
+        match replace(server, target, &current, object).await {
+            // Lost a race with another writer: patch the newer object, unless the patch itself
+            // named the resourceVersion it expects.
+            Err(e)
+                if e.0.reason == flotilla_api::StatusReason::Conflict
+                    && patch["metadata"]["resourceVersion"].is_null()
+                    && attempt < PATCH_ATTEMPTS => {}
+            other => return other,
+        }
     }
 }
 

@@ -350,3 +350,118 @@ async fn next(lines: &mut Lines) -> Value {
         .expect("no watch event in time")
         .expect("watch ended")
 }
+
+async fn patch(c: &Client, path: &str, content_type: &str, body: Value) -> (StatusCode, Value) {
+    let response = c
+        .http
+        .patch(format!("{}{path}", c.url))
+        .header("Content-Type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn merge_json_and_simple_strategic_patches_apply() {
+    let (_server, c) = client().await;
+    let (_, created) = c
+        .post(CMS, configmap("app", json!({"a": "1", "b": "2"})))
+        .await;
+    let path = format!("{CMS}/app");
+
+    let (code, merged) = patch(
+        &c,
+        &path,
+        "application/merge-patch+json",
+        json!({"data": {"a": null, "c": "3"}}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(merged["data"], json!({"b": "2", "c": "3"}));
+    assert_ne!(
+        merged["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+
+    let (code, patched) = patch(
+        &c,
+        &path,
+        "application/json-patch+json",
+        json!([{"op": "add", "path": "/metadata/labels/tier", "value": "front"}, {"op": "remove", "path": "/data/b"}]),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(patched["metadata"]["labels"]["tier"], "front");
+    assert_eq!(patched["data"], json!({"c": "3"}));
+
+    // What kubectl label sends.
+    let (code, labelled) = patch(
+        &c,
+        &path,
+        "application/strategic-merge-patch+json",
+        json!({"metadata": {"labels": {"env": "prod"}}}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(labelled["metadata"]["labels"]["env"], "prod");
+
+    // A patch that changes nothing keeps the resourceVersion.
+    let (_, same) = patch(
+        &c,
+        &path,
+        "application/merge-patch+json",
+        json!({"data": {"c": "3"}}),
+    )
+    .await;
+    assert_eq!(
+        same["metadata"]["resourceVersion"],
+        labelled["metadata"]["resourceVersion"]
+    );
+
+    let (code, status) = patch(
+        &c,
+        &path,
+        "application/json-patch+json",
+        json!([{"op": "test", "path": "/data/c", "value": "4"}]),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let (code, _) = patch(
+        &c,
+        &path,
+        "application/json-patch+json",
+        json!({"op": "add"}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, status) = patch(
+        &c,
+        &path,
+        "application/strategic-merge-patch+json",
+        json!({"spec": {"containers": [{"name": "x"}]}}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(status["message"].as_str().unwrap().contains("--type=merge"));
+    let (code, _) = patch(&c, &path, "text/plain", json!({})).await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (code, _) = patch(
+        &c,
+        &format!("{CMS}/missing"),
+        "application/merge-patch+json",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = patch(
+        &c,
+        &path,
+        "application/merge-patch+json",
+        json!({"metadata": {"name": "renamed"}}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}
