@@ -27,8 +27,28 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 pub mod resources;
+pub mod table;
 
 use resources::{ResourceDef, VERBS};
+use table::IncludeObject;
+
+/// How objects go out: as themselves, or as rows of a `meta.k8s.io/v1` Table.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    table: Option<IncludeObject>,
+}
+
+impl Output {
+    fn one(&self, resource: &ResourceDef, object: Value) -> Value {
+        match self.table {
+            Some(include) => {
+                let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                table::table(resource, &[object], metadata, include)
+            }
+            None => object,
+        }
+    }
+}
 
 /// Requests larger than this are refused with 413, as Kubernetes does.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -365,6 +385,14 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
         params: query_params(request.uri().query()),
     };
     let method = request.method().clone();
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let output = Output {
+        table: table::wants_table(accept).then(|| IncludeObject::parse(query.get("includeObject"))),
+    };
     let Some(target) = resolve(server, &path)? else {
         // A group version's discovery document.
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -378,9 +406,9 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
             .ok_or_else(|| not_found_path(&path));
     };
     match (method, target.name.is_some()) {
-        (Method::GET, false) if query.flag("watch") => watch(server, &target, &query).await,
-        (Method::GET, false) => list(server, &target, &query).await,
-        (Method::GET, true) => get_object(server, &target).await,
+        (Method::GET, false) if query.flag("watch") => watch(server, &target, &query, output).await,
+        (Method::GET, false) => list(server, &target, &query, output).await,
+        (Method::GET, true) => get_object(server, &target, output).await,
         (Method::POST, false) => {
             let body = read_body(request).await?;
             create(server, &target, body).await
@@ -458,11 +486,11 @@ fn matches(object: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bo
         })
 }
 
-async fn get_object(server: &ApiServer, target: &Target<'_>) -> ApiResult {
+async fn get_object(server: &ApiServer, target: &Target<'_>, output: Output) -> ApiResult {
     let name = target.name.as_deref().unwrap_or_default();
     let key = target.resource.key(target.namespace.as_deref(), name);
     match server.store.get(&key, None).await? {
-        (Some(kv), _) => Ok(json_body(&decode(&kv)?)),
+        (Some(kv), _) => Ok(json_body(&output.one(target.resource, decode(&kv)?))),
         (None, _) => Err(ApiError::from(Status::not_found(
             target.resource.group,
             target.resource.plural,
@@ -501,7 +529,7 @@ fn parse_continue(token: &str) -> Result<(Revision, String), ApiError> {
         .ok_or_else(invalid)
 }
 
-async fn list(server: &ApiServer, target: &Target<'_>, query: &Query) -> ApiResult {
+async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Output) -> ApiResult {
     let labels = query.labels()?;
     let fields = query.fields()?;
     let limit: usize = match query.get("limit") {
@@ -559,6 +587,14 @@ async fn list(server: &ApiServer, target: &Target<'_>, query: &Query) -> ApiResu
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(next) = next {
         metadata["continue"] = json!(next);
+    }
+    if let Some(include) = output.table {
+        return Ok(json_body(&table::table(
+            target.resource,
+            &items,
+            metadata,
+            include,
+        )));
     }
     Ok(json_body(&json!({
         "kind": format!("{}List", target.resource.kind),
@@ -882,7 +918,13 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-async fn watch(server: &Arc<ApiServer>, target: &Target<'_>, query: &Query) -> ApiResult {
+async fn watch(
+    server: &Arc<ApiServer>,
+    target: &Target<'_>,
+    query: &Query,
+    output: Output,
+) -> ApiResult {
+    let resource = target.resource.clone();
     let labels = query.labels()?;
     let fields = query.fields()?;
     let prefix = target.resource.prefix(target.namespace.as_deref());
@@ -909,7 +951,7 @@ async fn watch(server: &Arc<ApiServer>, target: &Target<'_>, query: &Query) -> A
             for kv in &page.kvs {
                 let object = decode(kv)?;
                 if matches(&object, &labels, &fields) {
-                    initial.push(watch_line("ADDED", &object));
+                    initial.push(watch_line("ADDED", &output.one(&resource, object)));
                 }
             }
             page.revision + 1
@@ -937,7 +979,8 @@ async fn watch(server: &Arc<ApiServer>, target: &Target<'_>, query: &Query) -> A
                     Ok(mut object) => {
                         object["metadata"]["resourceVersion"] =
                             json!(event.kv.mod_revision.to_string());
-                        matches(&object, &labels, &fields).then(|| watch_line(kind, &object))
+                        matches(&object, &labels, &fields)
+                            .then(|| watch_line(kind, &output.one(&resource, object)))
                     }
                     Err(e) => Some(watch_line("ERROR", &e.0.to_json())),
                 }

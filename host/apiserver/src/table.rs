@@ -1,0 +1,636 @@
+//! Server-side printing: `meta.k8s.io/v1` Tables with the columns Kubernetes prints for each
+//! kind, for `kubectl get` (which asks for `application/json;as=Table;v=v1;g=meta.k8s.io`).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceDef;
+
+/// What a Table row carries besides its cells (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+/// Whether an `Accept` header asks for a Table before anything else it accepts.
+pub fn wants_table(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+}
+
+type Cell = fn(&Value, SystemTime) -> Value;
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    format: &'static str,
+    description: &'static str,
+    /// 0: shown by default; 1: shown with `-o wide`.
+    priority: u8,
+    cell: Cell,
+}
+
+const fn column(name: &'static str, priority: u8, description: &'static str, cell: Cell) -> Column {
+    Column {
+        name,
+        kind: "string",
+        format: "",
+        description,
+        priority,
+        cell,
+    }
+}
+
+fn name_cell(o: &Value, _: SystemTime) -> Value {
+    o["metadata"]["name"].clone()
+}
+
+fn age_cell(o: &Value, now: SystemTime) -> Value {
+    json!(age(o["metadata"]["creationTimestamp"].as_str(), now))
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    format: "name",
+    description: "Name must be unique within a namespace.",
+    priority: 0,
+    cell: name_cell,
+};
+const AGE: Column = column(
+    "Age",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    age_cell,
+);
+
+/// How long ago `timestamp` was, as Kubernetes prints ages: `45s`, `3m20s`, `5h`, `2d3h`.
+pub fn age(timestamp: Option<&str>, now: SystemTime) -> String {
+    let Some(then) = timestamp.and_then(|t| humantime::parse_rfc3339(t).ok()) else {
+        return "<unknown>".into();
+    };
+    match now.duration_since(then) {
+        Ok(elapsed) => human_duration(elapsed),
+        Err(e) if e.duration() > Duration::from_secs(1) => "<invalid>".into(),
+        Err(_) => "0s".into(),
+    }
+}
+
+/// apimachinery's `duration.HumanDuration`.
+pub fn human_duration(d: Duration) -> String {
+    let seconds = d.as_secs();
+    let minutes = seconds / 60;
+    let hours = minutes / 60;
+    let days = hours / 24;
+    let years = days / 365;
+    if seconds < 120 {
+        format!("{seconds}s")
+    } else if minutes < 10 {
+        match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        }
+    } else if hours < 3 {
+        format!("{minutes}m")
+    } else if hours < 8 {
+        match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        }
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if hours < 24 * 8 {
+        match hours % 24 {
+            0 => format!("{days}d"),
+            h => format!("{days}d{h}h"),
+        }
+    } else if days < 365 * 2 {
+        format!("{days}d")
+    } else if days < 365 * 8 {
+        match days % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        }
+    } else {
+        format!("{years}y")
+    }
+}
+
+fn or_none(value: Option<String>) -> Value {
+    json!(
+        value
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "<none>".into())
+    )
+}
+
+fn count(value: &Value) -> usize {
+    value
+        .as_object()
+        .map(|m| m.len())
+        .or_else(|| value.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn pod_ready(o: &Value, _: SystemTime) -> Value {
+    let total = count(&o["spec"]["containers"]);
+    let ready = o["status"]["containerStatuses"]
+        .as_array()
+        .map(|s| s.iter().filter(|c| c["ready"] == true).count())
+        .unwrap_or(0);
+    json!(format!("{ready}/{total}"))
+}
+
+/// The STATUS column of a pod, as kubectl derives it: the pod's reason or phase, overridden by a
+/// container's waiting or terminated reason, and `Terminating` once deletion started.
+fn pod_status(o: &Value, _: SystemTime) -> Value {
+    let status = &o["status"];
+    let mut reason = status["reason"]
+        .as_str()
+        .or_else(|| status["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_owned();
+    if let Some(containers) = status["containerStatuses"].as_array() {
+        for c in containers.iter().rev() {
+            let state = &c["state"];
+            if let Some(waiting) = state["waiting"]["reason"].as_str() {
+                reason = waiting.to_owned();
+            } else if let Some(terminated) = state["terminated"]["reason"].as_str() {
+                reason = terminated.to_owned();
+            } else if state["terminated"].is_object() {
+                let code = state["terminated"]["exitCode"].as_i64().unwrap_or(0);
+                reason = format!("ExitCode:{code}");
+            }
+        }
+    }
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        reason = "Terminating".into();
+    }
+    json!(reason)
+}
+
+fn pod_restarts(o: &Value, _: SystemTime) -> Value {
+    let restarts: i64 = o["status"]["containerStatuses"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|c| c["restartCount"].as_i64()).sum())
+        .unwrap_or(0);
+    json!(restarts.to_string())
+}
+
+fn service_ports(o: &Value) -> String {
+    o["spec"]["ports"]
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| {
+                    let protocol = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(node) => format!("{}:{node}/{protocol}", p["port"]),
+                        None => format!("{}/{protocol}", p["port"]),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn node_status(o: &Value, _: SystemTime) -> Value {
+    let ready = o["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| match c["status"].as_str() {
+            Some("True") => "Ready",
+            Some("False") => "NotReady",
+            _ => "Unknown",
+        })
+        .unwrap_or("Unknown");
+    let mut status = ready.to_owned();
+    if o["spec"]["unschedulable"] == true {
+        status.push_str(",SchedulingDisabled");
+    }
+    json!(status)
+}
+
+fn node_roles(o: &Value, _: SystemTime) -> Value {
+    let roles: Vec<&str> = o["metadata"]["labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(Some(roles.join(",")))
+}
+
+fn node_address(o: &Value, kind: &str) -> Value {
+    or_none(
+        o["status"]["addresses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["type"] == kind))
+            .and_then(|a| a["address"].as_str())
+            .map(str::to_owned),
+    )
+}
+
+fn columns(resource: &ResourceDef) -> Vec<Column> {
+    match (resource.group, resource.plural) {
+        ("", "pods") => vec![
+            NAME,
+            column(
+                "Ready",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+                pod_ready,
+            ),
+            column(
+                "Status",
+                0,
+                "The aggregate status of the containers in this pod.",
+                pod_status,
+            ),
+            column(
+                "Restarts",
+                0,
+                "The number of times the containers in this pod have been restarted.",
+                pod_restarts,
+            ),
+            AGE,
+            column("IP", 1, "The IP address assigned to the pod.", |o, _| {
+                or_none(o["status"]["podIP"].as_str().map(str::to_owned))
+            }),
+            column("Node", 1, "The node the pod is bound to.", |o, _| {
+                or_none(o["spec"]["nodeName"].as_str().map(str::to_owned))
+            }),
+            column(
+                "Nominated Node",
+                1,
+                "The node the scheduler nominated for preemption.",
+                |o, _| or_none(o["status"]["nominatedNodeName"].as_str().map(str::to_owned)),
+            ),
+            column(
+                "Readiness Gates",
+                1,
+                "The readiness gates of the pod.",
+                |o, _| {
+                    or_none(
+                        (count(&o["spec"]["readinessGates"]) > 0)
+                            .then(|| count(&o["spec"]["readinessGates"]).to_string()),
+                    )
+                },
+            ),
+        ],
+        ("", "services") => vec![
+            NAME,
+            column("Type", 0, "The type of the service.", |o, _| {
+                json!(o["spec"]["type"].as_str().unwrap_or("ClusterIP"))
+            }),
+            column("Cluster-IP", 0, "The cluster IP of the service.", |o, _| {
+                or_none(o["spec"]["clusterIP"].as_str().map(str::to_owned))
+            }),
+            column(
+                "External-IP",
+                0,
+                "The external IPs of the service.",
+                |o, _| {
+                    let ingress: Vec<String> = o["status"]["loadBalancer"]["ingress"]
+                        .as_array()
+                        .map(|i| {
+                            i.iter()
+                                .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let external: Vec<String> = o["spec"]["externalIPs"]
+                        .as_array()
+                        .map(|i| {
+                            i.iter()
+                                .filter_map(|i| i.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let all = [ingress, external].concat();
+                    if all.is_empty() && o["spec"]["type"] == "LoadBalancer" {
+                        json!("<pending>")
+                    } else {
+                        or_none(Some(all.join(",")))
+                    }
+                },
+            ),
+            column("Port(s)", 0, "The ports of the service.", |o, _| {
+                or_none(Some(service_ports(o)))
+            }),
+            AGE,
+            column("Selector", 1, "The selector of the service.", |o, _| {
+                or_none(o["spec"]["selector"].as_object().map(|s| {
+                    s.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }))
+            }),
+        ],
+        ("", "nodes") => vec![
+            NAME,
+            column("Status", 0, "The status of the node.", node_status),
+            column("Roles", 0, "The roles of the node.", node_roles),
+            AGE,
+            column("Version", 0, "The kubelet version of the node.", |o, _| {
+                json!(
+                    o["status"]["nodeInfo"]["kubeletVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                )
+            }),
+            column("Internal-IP", 1, "The internal IP of the node.", |o, _| {
+                node_address(o, "InternalIP")
+            }),
+            column("External-IP", 1, "The external IP of the node.", |o, _| {
+                node_address(o, "ExternalIP")
+            }),
+            column("OS-Image", 1, "The OS image of the node.", |o, _| {
+                json!(
+                    o["status"]["nodeInfo"]["osImage"]
+                        .as_str()
+                        .unwrap_or("<unknown>")
+                )
+            }),
+            column(
+                "Kernel-Version",
+                1,
+                "The kernel version of the node.",
+                |o, _| {
+                    json!(
+                        o["status"]["nodeInfo"]["kernelVersion"]
+                            .as_str()
+                            .unwrap_or("<unknown>")
+                    )
+                },
+            ),
+            column(
+                "Container-Runtime",
+                1,
+                "The container runtime of the node.",
+                |o, _| {
+                    json!(
+                        o["status"]["nodeInfo"]["containerRuntimeVersion"]
+                            .as_str()
+                            .unwrap_or("<unknown>")
+                    )
+                },
+            ),
+        ],
+        ("", "namespaces") => vec![
+            NAME,
+            column("Status", 0, "The status of the namespace.", |o, _| {
+                json!(o["status"]["phase"].as_str().unwrap_or("Active"))
+            }),
+            AGE,
+        ],
+        ("", "configmaps") => vec![
+            NAME,
+            column(
+                "Data",
+                0,
+                "The number of entries in the config map.",
+                |o, _| json!(count(&o["data"]) + count(&o["binaryData"])),
+            ),
+            AGE,
+        ],
+        ("", "secrets") => vec![
+            NAME,
+            column("Type", 0, "The type of the secret.", |o, _| {
+                json!(o["type"].as_str().unwrap_or("Opaque"))
+            }),
+            column("Data", 0, "The number of entries in the secret.", |o, _| {
+                json!(count(&o["data"]))
+            }),
+            AGE,
+        ],
+        ("", "serviceaccounts") => vec![
+            NAME,
+            column(
+                "Secrets",
+                0,
+                "The number of secrets of the service account.",
+                |o, _| json!(count(&o["secrets"])),
+            ),
+            AGE,
+        ],
+        ("", "endpoints") => vec![
+            NAME,
+            column("Endpoints", 0, "The endpoints of the service.", |o, _| {
+                let mut endpoints = Vec::new();
+                for subset in o["subsets"].as_array().into_iter().flatten() {
+                    for address in subset["addresses"].as_array().into_iter().flatten() {
+                        for port in subset["ports"].as_array().into_iter().flatten() {
+                            endpoints.push(format!(
+                                "{}:{}",
+                                address["ip"].as_str().unwrap_or_default(),
+                                port["port"]
+                            ));
+                        }
+                    }
+                }
+                or_none(Some(endpoints.join(",")))
+            }),
+            AGE,
+        ],
+        ("", "events") => vec![
+            column("Last Seen", 0, "When the event last happened.", |o, now| {
+                let last = o["lastTimestamp"]
+                    .as_str()
+                    .or_else(|| o["eventTime"].as_str())
+                    .or_else(|| o["metadata"]["creationTimestamp"].as_str());
+                json!(age(last, now))
+            }),
+            column("Type", 0, "The type of the event.", |o, _| {
+                o["type"].clone()
+            }),
+            column("Reason", 0, "Why the event happened.", |o, _| {
+                o["reason"].clone()
+            }),
+            column("Object", 0, "The object the event is about.", |o, _| {
+                let object = &o["involvedObject"];
+                json!(format!(
+                    "{}/{}",
+                    object["kind"].as_str().unwrap_or_default().to_lowercase(),
+                    object["name"].as_str().unwrap_or_default()
+                ))
+            }),
+            column("Message", 0, "What happened.", |o, _| o["message"].clone()),
+        ],
+        ("coordination.k8s.io", "leases") => vec![
+            NAME,
+            column("Holder", 0, "The holder of the lease.", |o, _| {
+                json!(o["spec"]["holderIdentity"].as_str().unwrap_or(""))
+            }),
+            AGE,
+        ],
+        _ => vec![NAME, AGE],
+    }
+}
+
+fn row(object: &Value, columns: &[Column], include: IncludeObject, now: SystemTime) -> Value {
+    let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(object, now)).collect();
+    let mut row = json!({"cells": cells});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Metadata => {
+            row["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": object["metadata"],
+            });
+        }
+        IncludeObject::Object => row["object"] = object.clone(),
+    }
+    row
+}
+
+/// A Table of `objects` with the resource's columns.
+pub fn table(
+    resource: &ResourceDef,
+    objects: &[Value],
+    list_metadata: Value,
+    include: IncludeObject,
+) -> Value {
+    let columns = columns(resource);
+    let now = SystemTime::now();
+    let definitions: Vec<Value> = columns
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "type": c.kind,
+                "format": c.format,
+                "description": c.description,
+                "priority": c.priority,
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| row(o, &columns, include, now))
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_print_like_kubernetes() {
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (300, "5m"),
+            (1800, "30m"),
+            (4 * 3600 + 5 * 60, "4h5m"),
+            (5 * 3600, "5h"),
+            (30 * 3600, "30h"),
+            (3 * 86400 + 2 * 3600, "3d2h"),
+            (40 * 86400, "40d"),
+            (3 * 365 * 86400 + 10 * 86400, "3y10d"),
+            (9 * 365 * 86400, "9y"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(
+                human_duration(Duration::from_secs(seconds)),
+                expected,
+                "{seconds}s"
+            );
+        }
+    }
+
+    #[test]
+    fn accept_headers_that_want_tables() {
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+        assert!(!wants_table(
+            "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
+        ));
+    }
+
+    #[test]
+    fn pod_columns_follow_container_states() {
+        let pods = crate::resources::builtin()
+            .into_iter()
+            .find(|r| r.plural == "pods")
+            .unwrap();
+        let pod = json!({
+            "metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        });
+        let t = table(&pods, &[pod], json!({}), IncludeObject::Metadata);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(&names[..5], ["Name", "Ready", "Status", "Restarts", "Age"]);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "web");
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[5], "10.0.0.5");
+        assert_eq!(cells[6], "n1");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn service_columns() {
+        let services = crate::resources::builtin()
+            .into_iter()
+            .find(|r| r.plural == "services")
+            .unwrap();
+        let svc = json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "clusterIP": "10.43.0.10", "ports": [
+                {"port": 80, "protocol": "TCP", "nodePort": 30080}, {"port": 53, "protocol": "UDP"}
+            ]}
+        });
+        let t = table(&services, &[svc], json!({}), IncludeObject::None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "NodePort");
+        assert_eq!(cells[2], "10.43.0.10");
+        assert_eq!(cells[3], "<none>");
+        assert_eq!(cells[4], "80:30080/TCP,53/UDP");
+        assert!(t["rows"][0].get("object").is_none());
+    }
+}
