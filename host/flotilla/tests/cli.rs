@@ -351,3 +351,24 @@ fn kubectl_drives_the_api_server_in_up() {
     );
     assert_eq!(run(&["get", "cm", "-n", "demo", "-o", "name"]).trim(), "");
 }
+
+#[test]
+fn the_official_python_client_works_against_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(&[
+        "up",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client_test.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(format!("http://{}", up.address))
+        .output()
+        .expect("python3 runs; scripts/deps installs the kubernetes client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("python client: ok"), "{stdout}{stderr}");
+}
