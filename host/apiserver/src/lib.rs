@@ -352,7 +352,7 @@ impl Query {
             })
     }
 
-    fn fields(&self) -> Result<FieldSelector, ApiError> {
+    fn fields(&self, resource: &ResourceDef) -> Result<FieldSelector, ApiError> {
         let selector: FieldSelector = self
             .get("fieldSelector")
             .unwrap_or_default()
@@ -361,7 +361,7 @@ impl Query {
                 ApiError::from(Status::bad_request(e.to_string()))
             })?;
         for term in selector.terms() {
-            if !matches!(term.field.as_str(), "metadata.name" | "metadata.namespace") {
+            if !resource.selectable_fields().contains(&term.field.as_str()) {
                 return Err(ApiError::from(Status::bad_request(format!(
                     "field label not supported: {}",
                     term.field
@@ -428,6 +428,7 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
             patch(server, &target, &content_type, body).await
         }
         (Method::DELETE, true) => delete(server, &target).await,
+        (Method::DELETE, false) => delete_collection(server, &target, &query).await,
         (method, _) => Err(ApiError::from(Status::new(
             flotilla_api::StatusReason::MethodNotAllowed,
             format!(
@@ -478,12 +479,22 @@ fn matches(object: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bo
                 .collect()
         })
         .unwrap_or_default();
-    labels.matches(&object_labels)
-        && fields.matches(|field| match field {
-            "metadata.name" => metadata["name"].as_str(),
-            "metadata.namespace" => metadata["namespace"].as_str(),
-            _ => None,
-        })
+    labels.matches(&object_labels) && fields.matches(|field| field_value(object, field))
+}
+
+/// The value of a dotted field path as a field selector compares it: strings as they are,
+/// booleans as `true`/`false`, anything absent as absent.
+fn field_value<'a>(object: &'a Value, path: &str) -> Option<&'a str> {
+    let mut at = object;
+    for segment in path.split('.') {
+        at = at.get(segment)?;
+    }
+    match at {
+        Value::String(s) => Some(s),
+        Value::Bool(true) => Some("true"),
+        Value::Bool(false) => Some("false"),
+        _ => None,
+    }
 }
 
 async fn get_object(server: &ApiServer, target: &Target<'_>, output: Output) -> ApiResult {
@@ -531,7 +542,7 @@ fn parse_continue(token: &str) -> Result<(Revision, String), ApiError> {
 
 async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Output) -> ApiResult {
     let labels = query.labels()?;
-    let fields = query.fields()?;
+    let fields = query.fields(target.resource)?;
     let limit: usize = match query.get("limit") {
         Some(l) if !l.is_empty() => l
             .parse()
@@ -911,6 +922,33 @@ async fn delete(server: &ApiServer, target: &Target<'_>) -> ApiResult {
     }
 }
 
+/// Deletes every object of a collection that the selectors match; answers with the deleted
+/// objects. Objects changed or deleted meanwhile by someone else are left to them.
+async fn delete_collection(server: &ApiServer, target: &Target<'_>, query: &Query) -> ApiResult {
+    let labels = query.labels()?;
+    let fields = query.fields(target.resource)?;
+    let prefix = target.resource.prefix(target.namespace.as_deref());
+    let page = server.store.range(RangeRequest::prefix(&prefix)).await?;
+    let mut deleted = Vec::new();
+    for kv in &page.kvs {
+        let object = decode(kv)?;
+        if !matches(&object, &labels, &fields) {
+            continue;
+        }
+        if let TxnOutcome::Applied { .. } =
+            server.store.delete(&kv.key, Some(kv.mod_revision)).await?
+        {
+            deleted.push(object);
+        }
+    }
+    Ok(json_body(&json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": {"resourceVersion": server.store.current_revision().await?.to_string()},
+        "items": deleted,
+    })))
+}
+
 /// One watch event line.
 fn watch_line(kind: &str, object: &Value) -> Bytes {
     let mut line = json!({"type": kind, "object": object}).to_string();
@@ -926,7 +964,7 @@ async fn watch(
 ) -> ApiResult {
     let resource = target.resource.clone();
     let labels = query.labels()?;
-    let fields = query.fields()?;
+    let fields = query.fields(target.resource)?;
     let prefix = target.resource.prefix(target.namespace.as_deref());
     let timeout = query
         .get("timeoutSeconds")

@@ -60,6 +60,45 @@ impl ResourceDef {
     }
 }
 
+impl ResourceDef {
+    /// The fields a field selector may name for this resource, as Kubernetes supports them.
+    pub fn selectable_fields(&self) -> &'static [&'static str] {
+        match (self.group, self.plural) {
+            ("", "pods") => &[
+                "metadata.name",
+                "metadata.namespace",
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ],
+            ("", "events") => &[
+                "metadata.name",
+                "metadata.namespace",
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
+            ("", "nodes") => &["metadata.name", "spec.unschedulable"],
+            ("", "namespaces") => &["metadata.name", "status.phase"],
+            ("", "secrets") => &["metadata.name", "metadata.namespace", "type"],
+            _ => &["metadata.name", "metadata.namespace"],
+        }
+    }
+}
+
 const fn core(
     kind: &'static str,
     plural: &'static str,

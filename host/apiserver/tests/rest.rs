@@ -465,3 +465,86 @@ async fn merge_json_and_simple_strategic_patches_apply() {
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn field_selectors_follow_each_kind_and_collections_delete_by_selector() {
+    let (_server, c) = client().await;
+    let pods = "/api/v1/namespaces/demo/pods";
+    for (name, node, phase) in [
+        ("a", Some("n1"), "Running"),
+        ("b", None, "Pending"),
+        ("c", Some("n2"), "Failed"),
+    ] {
+        let mut pod = json!({"metadata": {"name": name, "labels": {"batch": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": phase}});
+        if let Some(node) = node {
+            pod["spec"]["nodeName"] = json!(node);
+        }
+        assert_eq!(c.post(pods, pod).await.0, StatusCode::CREATED);
+    }
+    let names = |list: Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Unscheduled pods, as the scheduler asks for them.
+    assert_eq!(
+        names(
+            c.get(&format!("{pods}?fieldSelector=spec.nodeName%3D"))
+                .await
+                .1
+        ),
+        ["b"]
+    );
+    assert_eq!(
+        names(
+            c.get(&format!("{pods}?fieldSelector=spec.nodeName%3Dn2"))
+                .await
+                .1
+        ),
+        ["c"]
+    );
+    // What kubectl describe node asks for.
+    assert_eq!(
+        names(c.get(&format!("{pods}?fieldSelector=spec.nodeName%3Dn1,status.phase!%3DFailed,status.phase!%3DSucceeded")).await.1),
+        ["a"]
+    );
+    let (code, _) = c
+        .get("/api/v1/namespaces/demo/configmaps?fieldSelector=spec.nodeName%3Dn1")
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+
+    let events = "/api/v1/namespaces/demo/events";
+    let event = json!({"metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "a", "namespace": "demo"}, "reason": "Scheduled", "type": "Normal", "message": "assigned"});
+    c.post(events, event).await;
+    assert_eq!(
+        names(
+            c.get(&format!(
+                "{events}?fieldSelector=involvedObject.name%3Da,involvedObject.kind%3DPod"
+            ))
+            .await
+            .1
+        ),
+        ["e1"]
+    );
+    assert!(
+        names(
+            c.get(&format!("{events}?fieldSelector=involvedObject.name%3Db"))
+                .await
+                .1
+        )
+        .is_empty()
+    );
+
+    // deletecollection honours selectors.
+    let (code, deleted) = c
+        .delete(&format!("{pods}?fieldSelector=status.phase%3DFailed"))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(names(deleted), ["c"]);
+    let (_, deleted) = c.delete(&format!("{pods}?labelSelector=batch%3Dx")).await;
+    assert_eq!(names(deleted), ["a", "b"]);
+    assert!(names(c.get(pods).await.1).is_empty());
+}
