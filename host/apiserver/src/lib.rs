@@ -192,8 +192,8 @@ fn resource_list(server: &ApiServer, group: &str, version: &str) -> Option<Value
         .resources
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| {
-            json!({
+        .flat_map(|r| {
+            let main = json!({
                 "name": r.plural,
                 "singularName": r.singular,
                 "namespaced": r.namespaced,
@@ -201,7 +201,17 @@ fn resource_list(server: &ApiServer, group: &str, version: &str) -> Option<Value
                 "verbs": VERBS,
                 "shortNames": r.short_names,
                 "categories": r.categories,
-            })
+            });
+            let status = r.has_status.then(|| {
+                json!({
+                    "name": format!("{}/status", r.plural),
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "kind": r.kind,
+                    "verbs": ["get", "patch", "update"],
+                })
+            });
+            std::iter::once(main).chain(status)
         })
         .collect();
     if resources.is_empty() {
@@ -225,6 +235,8 @@ struct Target<'a> {
     resource: &'a ResourceDef,
     namespace: Option<String>,
     name: Option<String>,
+    /// `status` for `…/<name>/status`.
+    subresource: Option<String>,
 }
 
 fn not_found_path(path: &str) -> ApiError {
@@ -247,49 +259,47 @@ fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, 
             .find(group, version, plural)
             .ok_or_else(|| not_found_path(path))
     };
-    let target = match rest {
+    // `namespaces/<ns>/<plural>…` is inside a namespace, unless it names a subresource of the
+    // namespace itself (`namespaces/<ns>/status`).
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, plural, rest @ ..] if !SUBRESOURCES.contains(plural) => {
+            (Some((*namespace).to_owned()), rest_with(plural, rest))
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
         [] => return Ok(None),
-        ["namespaces", namespace, plural] => {
-            let resource = lookup(plural)?;
-            if !resource.namespaced {
-                return Err(not_found_path(path));
-            }
-            Target {
-                resource,
-                namespace: Some((*namespace).to_owned()),
-                name: None,
-            }
-        }
-        ["namespaces", namespace, plural, name] => {
-            let resource = lookup(plural)?;
-            if !resource.namespaced {
-                return Err(not_found_path(path));
-            }
-            Target {
-                resource,
-                namespace: Some((*namespace).to_owned()),
-                name: Some((*name).to_owned()),
-            }
-        }
-        [plural] => Target {
-            resource: lookup(plural)?,
-            namespace: None,
-            name: None,
-        },
-        [plural, name] => {
-            let resource = lookup(plural)?;
-            if resource.namespaced {
-                return Err(not_found_path(path));
-            }
-            Target {
-                resource,
-                namespace: None,
-                name: Some((*name).to_owned()),
-            }
-        }
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(*name), None),
+        [plural, name, sub] if SUBRESOURCES.contains(sub) => (*plural, Some(*name), Some(*sub)),
         _ => return Err(not_found_path(path)),
     };
-    Ok(Some(target))
+    let resource = lookup(plural)?;
+    // A cluster-scoped resource has no namespace; a namespaced one named without a namespace is
+    // only a list or watch across all namespaces.
+    let misplaced = match (resource.namespaced, &namespace, name) {
+        (false, Some(_), _) => true,
+        (true, None, Some(_)) => true,
+        _ => false,
+    };
+    if misplaced || (subresource == Some("status") && !resource.has_status) {
+        return Err(not_found_path(path));
+    }
+    Ok(Some(Target {
+        resource,
+        namespace,
+        name: name.map(str::to_owned),
+        subresource: subresource.map(str::to_owned),
+    }))
+}
+
+/// Subresources the server serves on objects.
+const SUBRESOURCES: &[&str] = &["status"];
+
+fn rest_with<'a>(first: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![first];
+    all.extend_from_slice(rest);
+    all
 }
 
 /// Query parameters, percent-decoded.
@@ -405,6 +415,15 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
             .map(|list| json_body(&list))
             .ok_or_else(|| not_found_path(&path));
     };
+    if target.subresource.is_some() && !matches!(method, Method::GET | Method::PUT | Method::PATCH)
+    {
+        return Err(ApiError::from(Status::new(
+            flotilla_api::StatusReason::MethodNotAllowed,
+            format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ),
+        )));
+    }
     match (method, target.name.is_some()) {
         (Method::GET, false) if query.flag("watch") => watch(server, &target, &query, output).await,
         (Method::GET, false) => list(server, &target, &query, output).await,
@@ -724,6 +743,10 @@ async fn create(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResu
     }
     metadata["name"] = json!(name);
     metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    if let Some(status) = initial_status(resource) {
+        object["status"] = status;
+    }
+    let metadata = &mut object["metadata"];
     metadata["creationTimestamp"] = json!(now_rfc3339());
     metadata["generation"] = json!(1);
     if let Some(namespace) = &target.namespace
@@ -790,6 +813,17 @@ async fn replace(
         }
         _ => {}
     }
+    if resource.has_status {
+        if target.subresource.as_deref() == Some("status") {
+            // A status write changes the status and nothing else.
+            let status = object.get("status").cloned();
+            object = existing.clone();
+            set_or_remove(&mut object, "status", status);
+        } else {
+            // A write to the object leaves its status alone.
+            set_or_remove(&mut object, "status", existing.get("status").cloned());
+        }
+    }
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
     for field in ["uid", "creationTimestamp", "namespace", "generation"] {
@@ -818,6 +852,28 @@ async fn replace(
     {
         TxnOutcome::Applied { kv: Some(kv), .. } => Ok(json_body(&decode(&kv)?)),
         _ => Err(conflict()),
+    }
+}
+
+fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {
+    match value {
+        Some(value) => object[field] = value,
+        None => {
+            if let Some(map) = object.as_object_mut() {
+                map.remove(field);
+            }
+        }
+    }
+}
+
+/// The status an object starts with, whatever the client sent, as Kubernetes' create
+/// strategies set it; `None` keeps what was sent (a node registers with its status).
+fn initial_status(resource: &ResourceDef) -> Option<Value> {
+    match (resource.group, resource.plural) {
+        ("", "pods") => Some(json!({"phase": "Pending"})),
+        ("", "services") => Some(json!({"loadBalancer": {}})),
+        ("", "namespaces") => Some(json!({"phase": "Active"})),
+        _ => None,
     }
 }
 

@@ -15,6 +15,9 @@ pub struct ResourceDef {
     pub namespaced: bool,
     /// `all` for the kinds `kubectl get all` shows.
     pub categories: &'static [&'static str],
+    /// Whether `status` is a subresource: writes to the object leave it alone, writes to
+    /// `…/status` change nothing else.
+    pub has_status: bool,
 }
 
 /// The verbs every served resource supports.
@@ -116,6 +119,10 @@ const fn core(
         short_names,
         namespaced,
         categories,
+        has_status: matches!(
+            plural.as_bytes(),
+            b"pods" | b"services" | b"nodes" | b"namespaces"
+        ),
     }
 }
 
@@ -147,6 +154,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             short_names: &[],
             namespaced: true,
             categories: &[],
+            has_status: false,
         },
     ]
 }

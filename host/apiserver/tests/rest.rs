@@ -475,11 +475,19 @@ async fn field_selectors_follow_each_kind_and_collections_delete_by_selector() {
         ("b", None, "Pending"),
         ("c", Some("n2"), "Failed"),
     ] {
-        let mut pod = json!({"metadata": {"name": name, "labels": {"batch": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": phase}});
+        let mut pod = json!({"metadata": {"name": name, "labels": {"batch": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
         if let Some(node) = node {
             pod["spec"]["nodeName"] = json!(node);
         }
         assert_eq!(c.post(pods, pod).await.0, StatusCode::CREATED);
+        let (code, _) = patch(
+            &c,
+            &format!("{pods}/{name}/status"),
+            "application/merge-patch+json",
+            json!({"status": {"phase": phase}}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
     }
     let names = |list: Value| -> Vec<String> {
         list["items"]
@@ -547,4 +555,58 @@ async fn field_selectors_follow_each_kind_and_collections_delete_by_selector() {
     let (_, deleted) = c.delete(&format!("{pods}?labelSelector=batch%3Dx")).await;
     assert_eq!(names(deleted), ["a", "b"]);
     assert!(names(c.get(pods).await.1).is_empty());
+}
+
+#[tokio::test]
+async fn status_is_a_subresource() {
+    let (_server, c) = client().await;
+    let pods = "/api/v1/namespaces/demo/pods";
+    let (_, pod) = c
+        .post(pods, json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Running"}}))
+        .await;
+    // Whatever status a client sends on create, a pod starts Pending.
+    assert_eq!(pod["status"], json!({"phase": "Pending"}));
+
+    // A status write changes only the status.
+    let mut status_write = pod.clone();
+    status_write["status"] = json!({"phase": "Running", "podIP": "127.0.1.5"});
+    status_write["spec"]["containers"][0]["image"] = json!("ignored");
+    let (code, written) = c.put(&format!("{pods}/p/status"), status_write).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(written["status"]["podIP"], "127.0.1.5");
+    assert_eq!(written["spec"]["containers"][0]["image"], "i");
+    assert_eq!(written["metadata"]["generation"], 1);
+
+    // A write to the object leaves the status alone.
+    let mut spec_write = written.clone();
+    spec_write["status"] = json!({"phase": "Failed"});
+    spec_write["metadata"]["labels"] = json!({"x": "y"});
+    let (code, written) = c.put(&format!("{pods}/p"), spec_write).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(written["status"]["phase"], "Running");
+    assert_eq!(written["metadata"]["labels"]["x"], "y");
+
+    let (code, got) = c.get(&format!("{pods}/p/status")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got["status"]["phase"], "Running");
+    let (code, _) = c.delete(&format!("{pods}/p/status")).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    let (code, _) = c.get("/api/v1/namespaces/demo/configmaps/x/status").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let (_, core) = c.get("/api/v1").await;
+    let names: Vec<&str> = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"pods/status") && names.contains(&"nodes/status"),
+        "{names:?}"
+    );
+    let (_, ns) = c.get("/api/v1/namespaces/demo").await;
+    assert_eq!(ns["status"]["phase"], "Active");
+    let (code, _) = c.get("/api/v1/namespaces/demo/status").await;
+    assert_eq!(code, StatusCode::OK);
 }
