@@ -277,11 +277,10 @@ fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, 
     let resource = lookup(plural)?;
     // A cluster-scoped resource has no namespace; a namespaced one named without a namespace is
     // only a list or watch across all namespaces.
-    let misplaced = match (resource.namespaced, &namespace, name) {
-        (false, Some(_), _) => true,
-        (true, None, Some(_)) => true,
-        _ => false,
-    };
+    let misplaced = matches!(
+        (resource.namespaced, &namespace, name),
+        (false, Some(_), _) | (true, None, Some(_))
+    );
     if misplaced || (subresource == Some("status") && !resource.has_status) {
         return Err(not_found_path(path));
     }
