@@ -62,6 +62,28 @@ pub const KUBERNETES_MINOR: &str = "32";
 pub struct ApiServer {
     store: SharedStore,
     resources: Vec<ResourceDef>,
+    /// In-flight limits, as Kubernetes' `--max-requests-inflight` and
+    /// `--max-mutating-requests-inflight`. Watches are long-running and not counted.
+    reads: tokio::sync::Semaphore,
+    writes: tokio::sync::Semaphore,
+}
+
+/// Limits of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Most reads (get, list) served at once before 429.
+    pub max_requests_inflight: usize,
+    /// Most writes served at once before 429.
+    pub max_mutating_requests_inflight: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
+        }
+    }
 }
 
 /// An error answered as a `metav1.Status` (boxed: errors are rare, results are everywhere).
@@ -122,9 +144,15 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
 
 impl ApiServer {
     pub fn new(store: SharedStore) -> Arc<Self> {
+        Self::with_options(store, ApiOptions::default())
+    }
+
+    pub fn with_options(store: SharedStore, options: ApiOptions) -> Arc<Self> {
         Arc::new(Self {
             store,
             resources: resources::builtin(),
+            reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
+            writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),
         })
     }
 
@@ -382,6 +410,22 @@ impl Query {
 }
 
 async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
+    let watch = request.uri().query().is_some_and(|q| {
+        query_params(Some(q))
+            .iter()
+            .any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1"))
+    });
+    let limit = match *request.method() {
+        _ if watch => None,
+        Method::GET | Method::HEAD | Method::OPTIONS => Some(&server.reads),
+        _ => Some(&server.writes),
+    };
+    // Over the limit: 429 with Retry-After, so clients back off instead of piling up.
+    let _permit = match limit.map(|l| l.try_acquire()) {
+        Some(Err(_)) => return ApiError::from(Status::too_many_requests(1)).into_response(),
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
     match handle(&server, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

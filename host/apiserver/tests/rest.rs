@@ -610,3 +610,52 @@ async fn status_is_a_subresource() {
     let (code, _) = c.get("/api/v1/namespaces/demo/status").await;
     assert_eq!(code, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn requests_over_the_in_flight_limit_get_429_with_retry_after() {
+    use flotilla_apiserver::{ApiOptions, ApiServer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = flotilla_store::EmbeddedStore::open(dir.path(), Default::default())
+        .await
+        .unwrap();
+    // No room for writes at all; reads and watches still served.
+    let api = ApiServer::with_options(
+        std::sync::Arc::new(store),
+        ApiOptions {
+            max_requests_inflight: 10,
+            max_mutating_requests_inflight: 0,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api.router()).await });
+    let http = reqwest::Client::new();
+
+    let response = http
+        .post(format!("{url}/api/v1/namespaces"))
+        .json(&json!({"metadata": {"name": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(status["reason"], "TooManyRequests");
+
+    assert_eq!(
+        http.get(format!("{url}/api/v1/namespaces"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let watch = http
+        .get(format!(
+            "{url}/api/v1/namespaces?watch=true&timeoutSeconds=1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), StatusCode::OK);
+}
