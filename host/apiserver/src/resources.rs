@@ -102,6 +102,28 @@ impl ResourceDef {
     }
 }
 
+const fn grouped(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    has_status: bool,
+) -> ResourceDef {
+    ResourceDef {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names,
+        namespaced: true,
+        categories,
+        has_status,
+    }
+}
+
 const fn core(
     kind: &'static str,
     plural: &'static str,
@@ -145,17 +167,79 @@ pub fn builtin() -> Vec<ResourceDef> {
             true,
             &[],
         ),
-        ResourceDef {
-            group: "coordination.k8s.io",
-            version: "v1",
-            kind: "Lease",
-            plural: "leases",
-            singular: "lease",
-            short_names: &[],
-            namespaced: true,
-            categories: &[],
-            has_status: false,
-        },
+        grouped(
+            "apps",
+            "Deployment",
+            "deployments",
+            "deployment",
+            &["deploy"],
+            &["all"],
+            true,
+        ),
+        grouped(
+            "apps",
+            "ReplicaSet",
+            "replicasets",
+            "replicaset",
+            &["rs"],
+            &["all"],
+            true,
+        ),
+        grouped(
+            "apps",
+            "StatefulSet",
+            "statefulsets",
+            "statefulset",
+            &["sts"],
+            &["all"],
+            true,
+        ),
+        grouped(
+            "apps",
+            "DaemonSet",
+            "daemonsets",
+            "daemonset",
+            &["ds"],
+            &["all"],
+            true,
+        ),
+        grouped("batch", "Job", "jobs", "job", &[], &["all"], true),
+        grouped(
+            "batch",
+            "CronJob",
+            "cronjobs",
+            "cronjob",
+            &["cj"],
+            &["all"],
+            true,
+        ),
+        grouped(
+            "networking.k8s.io",
+            "Ingress",
+            "ingresses",
+            "ingress",
+            &["ing"],
+            &[],
+            true,
+        ),
+        grouped(
+            "discovery.k8s.io",
+            "EndpointSlice",
+            "endpointslices",
+            "endpointslice",
+            &[],
+            &[],
+            false,
+        ),
+        grouped(
+            "coordination.k8s.io",
+            "Lease",
+            "leases",
+            "lease",
+            &[],
+            &[],
+            false,
+        ),
     ]
 }
 
@@ -174,6 +258,12 @@ mod tests {
         assert_eq!(pods.prefix(None), "/registry/pods/");
         let ns = all.iter().find(|r| r.plural == "namespaces").unwrap();
         assert_eq!(ns.key(None, "default"), "/registry/namespaces/default");
+        let deployments = all.iter().find(|r| r.plural == "deployments").unwrap();
+        assert_eq!(
+            deployments.key(Some("default"), "web"),
+            "/registry/deployments/default/web"
+        );
+        assert_eq!(deployments.api_version(), "apps/v1");
         let leases = all.iter().find(|r| r.plural == "leases").unwrap();
         assert_eq!(
             leases.key(Some("kube-node-lease"), "n1"),

@@ -251,6 +251,32 @@ fn node_address(o: &Value, kind: &str) -> Value {
     )
 }
 
+/// A field of every container in a workload's pod template, comma-separated.
+fn container_field(o: &Value, field: &str) -> String {
+    o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c[field].as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// A workload's `spec.selector.matchLabels` as `k=v,…`.
+fn match_labels(o: &Value) -> String {
+    o["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn columns(resource: &ResourceDef) -> Vec<Column> {
     match (resource.group, resource.plural) {
         ("", "pods") => vec![
@@ -477,6 +503,138 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
                 ))
             }),
             column("Message", 0, "What happened.", |o, _| o["message"].clone()),
+        ],
+        ("apps", "deployments") => vec![
+            NAME,
+            column(
+                "Ready",
+                0,
+                "Number of the pods that are ready out of those desired.",
+                |o, _| {
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                        o["spec"]["replicas"].as_i64().unwrap_or(1)
+                    ))
+                },
+            ),
+            column(
+                "Up-to-date",
+                0,
+                "Total number of pods that run the desired template.",
+                |o, _| json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
+            ),
+            column(
+                "Available",
+                0,
+                "Total number of pods available to serve.",
+                |o, _| json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)),
+            ),
+            AGE,
+            column(
+                "Containers",
+                1,
+                "Names of each container in the template.",
+                |o, _| json!(container_field(o, "name")),
+            ),
+            column(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+                |o, _| json!(container_field(o, "image")),
+            ),
+            column("Selector", 1, "Label selector for the pods.", |o, _| {
+                json!(match_labels(o))
+            }),
+        ],
+        ("apps", "replicasets") => vec![
+            NAME,
+            column("Desired", 0, "Number of desired pods.", |o, _| {
+                json!(o["spec"]["replicas"].as_i64().unwrap_or(1))
+            }),
+            column("Current", 0, "Number of actual pods.", |o, _| {
+                json!(o["status"]["replicas"].as_i64().unwrap_or(0))
+            }),
+            column("Ready", 0, "Number of ready pods.", |o, _| {
+                json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0))
+            }),
+            AGE,
+            column(
+                "Containers",
+                1,
+                "Names of each container in the template.",
+                |o, _| json!(container_field(o, "name")),
+            ),
+            column(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+                |o, _| json!(container_field(o, "image")),
+            ),
+            column("Selector", 1, "Label selector for the pods.", |o, _| {
+                json!(match_labels(o))
+            }),
+        ],
+        ("apps", "statefulsets") => vec![
+            NAME,
+            column(
+                "Ready",
+                0,
+                "Number of the pods that are ready out of those desired.",
+                |o, _| {
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                        o["spec"]["replicas"].as_i64().unwrap_or(1)
+                    ))
+                },
+            ),
+            AGE,
+        ],
+        ("apps", "daemonsets") => vec![
+            NAME,
+            column(
+                "Desired",
+                0,
+                "Number of nodes that should run the pod.",
+                |o, _| json!(o["status"]["desiredNumberScheduled"].as_i64().unwrap_or(0)),
+            ),
+            column("Current", 0, "Number of nodes running the pod.", |o, _| {
+                json!(o["status"]["currentNumberScheduled"].as_i64().unwrap_or(0))
+            }),
+            column("Ready", 0, "Number of nodes with the pod ready.", |o, _| {
+                json!(o["status"]["numberReady"].as_i64().unwrap_or(0))
+            }),
+            column(
+                "Up-to-date",
+                0,
+                "Number of nodes running the updated pod.",
+                |o, _| json!(o["status"]["updatedNumberScheduled"].as_i64().unwrap_or(0)),
+            ),
+            column(
+                "Available",
+                0,
+                "Number of nodes with the pod available.",
+                |o, _| json!(o["status"]["numberAvailable"].as_i64().unwrap_or(0)),
+            ),
+            column(
+                "Node Selector",
+                0,
+                "The node selector of the pod template.",
+                |o, _| {
+                    or_none(
+                        o["spec"]["template"]["spec"]["nodeSelector"]
+                            .as_object()
+                            .map(|s| {
+                                s.iter()
+                                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            }),
+                    )
+                },
+            ),
+            AGE,
         ],
         ("coordination.k8s.io", "leases") => vec![
             NAME,
