@@ -372,3 +372,76 @@ fn the_official_python_client_works_against_up() {
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("python client: ok"), "{stdout}{stderr}");
 }
+
+#[test]
+fn kubectl_get_watch_prints_each_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(&[
+        "up",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "").unwrap();
+    let run = |args: &[&str]| {
+        let (ok, stdout, stderr) = kubectl(&up.address, &kubeconfig, args);
+        assert!(ok, "kubectl {args:?} failed: {stderr}");
+        stdout
+    };
+    let manifest = dir.path().join("objects.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"demo"}},
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"demo"},"spec":{"containers":[{"name":"c","image":"x"}]}}]}"#,
+    )
+    .unwrap();
+    run(&[
+        "create",
+        "--validate=false",
+        "-f",
+        manifest.to_str().unwrap(),
+    ]);
+
+    // get -w: table rows for each change, with the event type.
+    let mut watcher = Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .arg(format!("--server=http://{}", up.address))
+        .args(["get", "pods", "-n", "demo", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("watch.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_event = || {
+        let line = lines_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "kubectl get -w printed nothing in time: {}",
+                    std::fs::read_to_string(dir.path().join("watch.err")).unwrap_or_default()
+                )
+            });
+        line.split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(next_event(), "EVENT NAME READY STATUS");
+    assert_eq!(next_event(), "ADDED web 0/1 Pending");
+    run(&["label", "pod", "web", "-n", "demo", "watched=yes"]);
+    assert_eq!(next_event(), "MODIFIED web 0/1 Pending");
+    run(&["delete", "pod", "web", "-n", "demo"]);
+    assert_eq!(next_event(), "DELETED web 0/1 Pending");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
