@@ -264,6 +264,38 @@ fn container_field(o: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
+fn template_containers(o: &Value, _: SystemTime) -> Value {
+    json!(container_field(o, "name"))
+}
+
+fn template_images(o: &Value, _: SystemTime) -> Value {
+    json!(container_field(o, "image"))
+}
+
+fn template_selector(o: &Value, _: SystemTime) -> Value {
+    json!(match_labels(o))
+}
+
+/// The wide columns every workload with a pod template prints.
+const TEMPLATE_CONTAINERS: Column = column(
+    "Containers",
+    1,
+    "Names of each container in the template.",
+    template_containers,
+);
+const TEMPLATE_IMAGES: Column = column(
+    "Images",
+    1,
+    "Images referenced by each container in the template.",
+    template_images,
+);
+const TEMPLATE_SELECTOR: Column = column(
+    "Selector",
+    1,
+    "Label selector for the pods.",
+    template_selector,
+);
+
 /// A workload's `spec.selector.matchLabels` as `k=v,…`.
 fn match_labels(o: &Value) -> String {
     o["spec"]["selector"]["matchLabels"]
@@ -531,21 +563,9 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
                 |o, _| json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)),
             ),
             AGE,
-            column(
-                "Containers",
-                1,
-                "Names of each container in the template.",
-                |o, _| json!(container_field(o, "name")),
-            ),
-            column(
-                "Images",
-                1,
-                "Images referenced by each container in the template.",
-                |o, _| json!(container_field(o, "image")),
-            ),
-            column("Selector", 1, "Label selector for the pods.", |o, _| {
-                json!(match_labels(o))
-            }),
+            TEMPLATE_CONTAINERS,
+            TEMPLATE_IMAGES,
+            TEMPLATE_SELECTOR,
         ],
         ("apps", "replicasets") => vec![
             NAME,
@@ -559,21 +579,9 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
                 json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0))
             }),
             AGE,
-            column(
-                "Containers",
-                1,
-                "Names of each container in the template.",
-                |o, _| json!(container_field(o, "name")),
-            ),
-            column(
-                "Images",
-                1,
-                "Images referenced by each container in the template.",
-                |o, _| json!(container_field(o, "image")),
-            ),
-            column("Selector", 1, "Label selector for the pods.", |o, _| {
-                json!(match_labels(o))
-            }),
+            TEMPLATE_CONTAINERS,
+            TEMPLATE_IMAGES,
+            TEMPLATE_SELECTOR,
         ],
         ("apps", "statefulsets") => vec![
             NAME,

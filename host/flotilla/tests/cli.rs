@@ -246,13 +246,22 @@ fn kubectl(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, 
     )
 }
 
-#[test]
-fn kubectl_drives_the_api_server_in_up() {
+/// `flotilla up` in a temporary directory, and an empty kubeconfig for kubectl to use with it.
+fn cluster_for_kubectl() -> (tempfile::TempDir, Running, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let up = start(&["up", "--data-dir", data.to_str().unwrap()]);
+    let up = start(&[
+        "up",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, "").unwrap();
+    (dir, up, kubeconfig)
+}
+
+#[test]
+fn kubectl_drives_the_api_server_in_up() {
+    let (dir, up, kubeconfig) = cluster_for_kubectl();
     let run = |args: &[&str]| {
         let (ok, stdout, stderr) = kubectl(&up.address, &kubeconfig, args);
         assert!(ok, "kubectl {args:?} failed: {stderr}");
@@ -375,14 +384,7 @@ fn the_official_python_client_works_against_up() {
 
 #[test]
 fn kubectl_get_watch_prints_each_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = start(&[
-        "up",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ]);
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, "").unwrap();
+    let (dir, up, kubeconfig) = cluster_for_kubectl();
     let run = |args: &[&str]| {
         let (ok, stdout, stderr) = kubectl(&up.address, &kubeconfig, args);
         assert!(ok, "kubectl {args:?} failed: {stderr}");
