@@ -175,15 +175,16 @@ impl EmbeddedStore {
     /// runtime: lease expiry and automatic compaction run as tasks on it.
     pub async fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        let shared = tokio::task::spawn_blocking(move || open_database(&dir).map(Arc::new))
+        let (shared, next_lease) = tokio::task::spawn_blocking(move || open_database(&dir))
             .await
             .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))??;
+        let shared = Arc::new(shared);
 
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("flotilla-store-writer".into())
-            .spawn(move || Writer::new(writer_shared).run(rx))
+            .spawn(move || Writer::new(writer_shared, next_lease).run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         let inner = Arc::new(Inner {
             requests: Mutex::new(Some(tx)),
@@ -230,13 +231,6 @@ impl EmbeddedStore {
             })
         })
         .await
-    }
-
-    /// Size of the store's file in bytes.
-    pub fn file_size(&self) -> Result<u64> {
-        std::fs::metadata(&self.inner.shared.path)
-            .map(|m| m.len())
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", self.inner.shared.path.display())))
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
@@ -300,12 +294,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn txn(&self, key: &str, condition: Condition, op: Op) -> Result<TxnOutcome> {
-        check_write(key, &op)?;
-        if condition == Condition::Absent && op == Op::Delete {
-            return Err(StoreError::InvalidRequest(
-                "deleting a key on condition that it is absent does nothing".into(),
-            ));
-        }
+        check_write(key, condition, &op)?;
         let key = key.to_owned();
         self.request(|reply| Request::Txn {
             key,
@@ -392,7 +381,8 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
 }
 
-fn open_database(dir: &Path) -> Result<Shared> {
+/// Opens or creates the store file; returns the shared state and the next lease id.
+fn open_database(dir: &Path) -> Result<(Shared, u64)> {
     let refuse = |reason: String| StoreError::Refused {
         path: dir.join(STORE_FILE).display().to_string(),
         reason,
@@ -451,7 +441,7 @@ fn open_database(dir: &Path) -> Result<Shared> {
         )));
     }
 
-    let (revision, compacted, reclaimed, leases) = {
+    let (revision, compacted, reclaimed, next_lease, leases) = {
         let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         let compacted = meta_get(&meta, META_COMPACTED)?;
@@ -477,11 +467,12 @@ fn open_database(dir: &Path) -> Result<Shared> {
             meta_get(&meta, META_REVISION)? as Revision,
             compacted as Revision,
             reclaimed_through(&txn.open_table(GARBAGE).map_err(backend)?, compacted)? as Revision,
+            meta_get(&meta, META_NEXT_LEASE)?,
             leases,
         )
     };
     let (events, _) = broadcast::channel(FANOUT_CAPACITY);
-    Ok(Shared {
+    let shared = Shared {
         db,
         path,
         revision: AtomicI64::new(revision),
@@ -489,7 +480,8 @@ fn open_database(dir: &Path) -> Result<Shared> {
         reclaimed: AtomicI64::new(reclaimed),
         events,
         leases: Mutex::new(leases),
-    })
+    };
+    Ok((shared, next_lease))
 }
 
 /// How far compaction has removed garbage: `compacted`, or the superseding revision of the first
@@ -806,25 +798,11 @@ enum LeaseChange {
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>) -> Self {
-        let read = || -> Result<(u64, u64, u64)> {
-            let txn = shared.db.begin_read().map_err(backend)?;
-            let meta = txn.open_table(META).map_err(backend)?;
-            Ok((
-                meta_get(&meta, META_REVISION)?,
-                meta_get(&meta, META_COMPACTED)?,
-                meta_get(&meta, META_NEXT_LEASE)?,
-            ))
-        };
-        // open_database just read the same fields, so this cannot fail short of IO errors; in
-        // that case start from what the atomics say and let the first commit report the error.
-        let (revision, compacted, next_lease) = read().unwrap_or((
-            shared.revision.load(Ordering::Acquire) as u64,
-            shared.compacted.load(Ordering::Acquire) as u64,
-            1,
-        ));
-        let compaction_pending =
-            shared.reclaimed.load(Ordering::Acquire) < shared.compacted.load(Ordering::Acquire);
+    /// A writer starting from the state `open_database` read.
+    fn new(shared: Arc<Shared>, next_lease: u64) -> Self {
+        let revision = shared.revision.load(Ordering::Acquire) as u64;
+        let compacted = shared.compacted.load(Ordering::Acquire) as u64;
+        let compaction_pending = (shared.reclaimed.load(Ordering::Acquire) as u64) < compacted;
         Self {
             shared,
             revision,

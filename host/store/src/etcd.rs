@@ -265,7 +265,7 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, key: &str, condition: Condition, op: Op) -> Result<TxnOutcome> {
-        check_write(key, &op)?;
+        check_write(key, condition, &op)?;
         let compare = match condition {
             Condition::Absent => vec![Compare::create_revision(key, CompareOp::Equal, 0)],
             Condition::ModRevision(revision) => {
@@ -277,11 +277,6 @@ impl Store for EtcdStore {
                 Op::Delete => vec![Compare::create_revision(key, CompareOp::Greater, 0)],
             },
         };
-        if condition == Condition::Absent && op == Op::Delete {
-            return Err(StoreError::InvalidRequest(
-                "deleting a key on condition that it is absent does nothing".into(),
-            ));
-        }
         let lease = match &op {
             Op::Put { lease, .. } => *lease,
             Op::Delete => None,

@@ -378,8 +378,14 @@ impl std::str::FromStr for Datastore {
     }
 }
 
-/// Checks a write against the size limits before either backend sees it.
-pub(crate) fn check_write(key: &str, op: &Op) -> Result<()> {
+/// Checks a write against the size limits, and refuses a meaningless one, before either backend
+/// sees it.
+pub(crate) fn check_write(key: &str, condition: Condition, op: &Op) -> Result<()> {
+    if condition == Condition::Absent && *op == Op::Delete {
+        return Err(StoreError::InvalidRequest(
+            "deleting a key on condition that it is absent does nothing".into(),
+        ));
+    }
     if key.is_empty() {
         return Err(StoreError::InvalidRequest("empty key".into()));
     }
@@ -465,10 +471,14 @@ mod tests {
             value: Bytes::from(vec![0u8; MAX_VALUE_BYTES + 1]),
             lease: None,
         };
-        let err = check_write("/k", &big).unwrap_err().to_string();
+        let err = check_write("/k", Condition::Always, &big)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&MAX_VALUE_BYTES.to_string()), "{err}");
         let key = "k".repeat(MAX_KEY_BYTES + 1);
-        let err = check_write(&key, &Op::Delete).unwrap_err().to_string();
+        let err = check_write(&key, Condition::Always, &Op::Delete)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&MAX_KEY_BYTES.to_string()), "{err}");
     }
 }
