@@ -276,6 +276,22 @@ fn template_selector(o: &Value, _: SystemTime) -> Value {
     json!(match_labels(o))
 }
 
+fn ready_of_desired(o: &Value, _: SystemTime) -> Value {
+    json!(format!(
+        "{}/{}",
+        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        o["spec"]["replicas"].as_i64().unwrap_or(1)
+    ))
+}
+
+/// READY as deployments and stateful sets print it: `ready/desired`.
+const READY_OF_DESIRED: Column = column(
+    "Ready",
+    0,
+    "Number of the pods that are ready out of those desired.",
+    ready_of_desired,
+);
+
 /// The wide columns every workload with a pod template prints.
 const TEMPLATE_CONTAINERS: Column = column(
     "Containers",
@@ -538,18 +554,7 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
         ],
         ("apps", "deployments") => vec![
             NAME,
-            column(
-                "Ready",
-                0,
-                "Number of the pods that are ready out of those desired.",
-                |o, _| {
-                    json!(format!(
-                        "{}/{}",
-                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
-                        o["spec"]["replicas"].as_i64().unwrap_or(1)
-                    ))
-                },
-            ),
+            READY_OF_DESIRED,
             column(
                 "Up-to-date",
                 0,
@@ -583,22 +588,7 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
             TEMPLATE_IMAGES,
             TEMPLATE_SELECTOR,
         ],
-        ("apps", "statefulsets") => vec![
-            NAME,
-            column(
-                "Ready",
-                0,
-                "Number of the pods that are ready out of those desired.",
-                |o, _| {
-                    json!(format!(
-                        "{}/{}",
-                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
-                        o["spec"]["replicas"].as_i64().unwrap_or(1)
-                    ))
-                },
-            ),
-            AGE,
-        ],
+        ("apps", "statefulsets") => vec![NAME, READY_OF_DESIRED, AGE],
         ("apps", "daemonsets") => vec![
             NAME,
             column(

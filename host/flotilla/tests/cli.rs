@@ -246,6 +246,13 @@ fn kubectl(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, 
     )
 }
 
+/// Runs kubectl and returns its output, failing the test if kubectl fails.
+fn kubectl_ok(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = kubectl(server, kubeconfig, args);
+    assert!(ok, "kubectl {args:?} failed: {stderr}");
+    stdout
+}
+
 /// `flotilla up` in a temporary directory, and an empty kubeconfig for kubectl to use with it.
 fn cluster_for_kubectl() -> (tempfile::TempDir, Running, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -262,11 +269,7 @@ fn cluster_for_kubectl() -> (tempfile::TempDir, Running, std::path::PathBuf) {
 #[test]
 fn kubectl_drives_the_api_server_in_up() {
     let (dir, up, kubeconfig) = cluster_for_kubectl();
-    let run = |args: &[&str]| {
-        let (ok, stdout, stderr) = kubectl(&up.address, &kubeconfig, args);
-        assert!(ok, "kubectl {args:?} failed: {stderr}");
-        stdout
-    };
+    let run = |args: &[&str]| kubectl_ok(&up.address, &kubeconfig, args);
 
     let version: serde_json::Value =
         serde_json::from_str(&run(&["version", "-o", "json"])).unwrap();
@@ -385,11 +388,7 @@ fn the_official_python_client_works_against_up() {
 #[test]
 fn kubectl_get_watch_prints_each_change() {
     let (dir, up, kubeconfig) = cluster_for_kubectl();
-    let run = |args: &[&str]| {
-        let (ok, stdout, stderr) = kubectl(&up.address, &kubeconfig, args);
-        assert!(ok, "kubectl {args:?} failed: {stderr}");
-        stdout
-    };
+    let run = |args: &[&str]| kubectl_ok(&up.address, &kubeconfig, args);
     let manifest = dir.path().join("objects.json");
     std::fs::write(
         &manifest,
