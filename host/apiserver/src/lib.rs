@@ -410,13 +410,11 @@ impl Query {
 }
 
 async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
-    let watch = request.uri().query().is_some_and(|q| {
-        query_params(Some(q))
-            .iter()
-            .any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1"))
-    });
+    let query = Query {
+        params: query_params(request.uri().query()),
+    };
     let limit = match *request.method() {
-        _ if watch => None,
+        _ if query.flag("watch") => None,
         Method::GET | Method::HEAD | Method::OPTIONS => Some(&server.reads),
         _ => Some(&server.writes),
     };
@@ -426,17 +424,14 @@ async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Respons
         Some(Ok(permit)) => Some(permit),
         None => None,
     };
-    match handle(&server, request).await {
+    match handle(&server, request, query).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
+async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiResult {
     let path = request.uri().path().to_owned();
-    let query = Query {
-        params: query_params(request.uri().query()),
-    };
     let method = request.method().clone();
     let accept = request
         .headers()
@@ -458,16 +453,11 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
             .map(|list| json_body(&list))
             .ok_or_else(|| not_found_path(&path));
     };
-    if target.subresource.is_some() && !matches!(method, Method::GET | Method::PUT | Method::PATCH)
-    {
-        return Err(ApiError::from(Status::new(
-            flotilla_api::StatusReason::MethodNotAllowed,
-            format!(
-                "the server does not allow this method on the requested resource ({method} {path})"
-            ),
-        )));
-    }
+    let subresource_verb = matches!(method, Method::GET | Method::PUT | Method::PATCH);
     match (method, target.name.is_some()) {
+        (method, _) if target.subresource.is_some() && !subresource_verb => {
+            Err(method_not_allowed(&method, &path))
+        }
         (Method::GET, false) if query.flag("watch") => watch(server, &target, &query, output).await,
         (Method::GET, false) => list(server, &target, &query, output).await,
         (Method::GET, true) => get_object(server, &target, output).await,
@@ -491,13 +481,17 @@ async fn handle(server: &Arc<ApiServer>, request: Request) -> ApiResult {
         }
         (Method::DELETE, true) => delete(server, &target).await,
         (Method::DELETE, false) => delete_collection(server, &target, &query).await,
-        (method, _) => Err(ApiError::from(Status::new(
-            flotilla_api::StatusReason::MethodNotAllowed,
-            format!(
-                "the server does not allow this method on the requested resource ({method} {path})"
-            ),
-        ))),
+        (method, _) => Err(method_not_allowed(&method, &path)),
     }
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::from(Status::new(
+        flotilla_api::StatusReason::MethodNotAllowed,
+        format!(
+            "the server does not allow this method on the requested resource ({method} {path})"
+        ),
+    ))
 }
 
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
