@@ -1116,14 +1116,8 @@ async fn watch(
                     Err(e) => Some(watch_line("ERROR", &e.0.to_json())),
                 }
             }
-            Err(StoreError::Compacted { requested, .. }) => Some(watch_line(
-                "ERROR",
-                &Status::expired(format!("too old resource version: {requested}")).to_json(),
-            )),
-            Err(e) => Some(watch_line(
-                "ERROR",
-                &Status::internal(e.to_string()).to_json(),
-            )),
+            // A compacted history becomes 410 Expired, anything else 500, as everywhere else.
+            Err(e) => Some(watch_line("ERROR", &ApiError::from(e).0.to_json())),
         };
         futures::future::ready(line)
     });
