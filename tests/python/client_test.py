@@ -1,18 +1,18 @@
 """The official Kubernetes Python client against a Flotilla API server.
 
-Usage: client_test.py URL. Lists, creates, patches and watches (with and without a
+Usage: client_test.py KUBECONFIG. Lists, creates, patches and watches (with and without a
 resourceVersion) through the unmodified `kubernetes` package; exits non-zero on the first
 difference from what a Kubernetes server would answer.
 """
 
 import sys
 
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
 
-def main(url):
+def main(kubeconfig):
     configuration = client.Configuration()
-    configuration.host = url
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     api = client.ApiClient(configuration)
     core = client.CoreV1Api(api)
 

@@ -26,7 +26,11 @@ use flotilla_store::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+pub mod authn;
+pub mod kubeconfig;
+pub mod pki;
 pub mod resources;
+pub mod serve;
 pub mod table;
 
 use resources::{ResourceDef, VERBS};
@@ -50,6 +54,10 @@ impl Output {
     }
 }
 
+/// The namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
 /// Requests larger than this are refused with 413, as Kubernetes does.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -66,6 +74,7 @@ pub struct ApiServer {
     /// `--max-mutating-requests-inflight`. Watches are long-running and not counted.
     reads: tokio::sync::Semaphore,
     writes: tokio::sync::Semaphore,
+    authenticator: Option<Arc<authn::Authenticator>>,
 }
 
 /// Limits of the API server.
@@ -75,6 +84,8 @@ pub struct ApiOptions {
     pub max_requests_inflight: usize,
     /// Most writes served at once before 429.
     pub max_mutating_requests_inflight: usize,
+    /// Who may call the API; `None` serves everyone (for tests of the REST layer alone).
+    pub authenticator: Option<Arc<authn::Authenticator>>,
 }
 
 impl Default for ApiOptions {
@@ -82,6 +93,7 @@ impl Default for ApiOptions {
         Self {
             max_requests_inflight: 400,
             max_mutating_requests_inflight: 200,
+            authenticator: None,
         }
     }
 }
@@ -153,17 +165,50 @@ impl ApiServer {
             resources: resources::builtin(),
             reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
             writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),
+            authenticator: options.authenticator,
         })
     }
 
     /// The HTTP routes: version, discovery and every resource's REST endpoints.
+    /// With an authenticator, every route but `/version` needs a known bearer token.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/version", get(version))
             .route("/api", get(api_versions))
             .route("/apis", get(api_groups))
             .fallback(rest)
-            .with_state(self.clone())
+            .with_state(self.clone());
+        match &self.authenticator {
+            Some(authenticator) => router.layer(axum::middleware::from_fn_with_state(
+                authenticator.clone(),
+                authn::require_token,
+            )),
+            None => router,
+        }
+    }
+
+    /// Makes what every cluster has from its first start: the `default`, `kube-system`,
+    /// `kube-public` and `kube-node-lease` namespaces. Ones that exist are left alone.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        let resource = self
+            .find("", "v1", "namespaces")
+            .expect("namespaces are served");
+        for name in SYSTEM_NAMESPACES {
+            let target = Target {
+                resource,
+                namespace: None,
+                name: None,
+                subresource: None,
+            };
+            let namespace = json!({"metadata": {"name": name}});
+            match create_object(self, &target, namespace).await {
+                Err(e) if e.0.reason == flotilla_api::StatusReason::AlreadyExists => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
@@ -729,8 +774,13 @@ async fn namespace_exists(server: &ApiServer, namespace: &str) -> Result<bool, A
 }
 
 async fn create(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResult {
+    let object = parse_object(&body, target.resource)?;
+    create_object(server, target, object).await
+}
+
+/// Stores a new object: the server's metadata set, the name validated, 409 if it exists.
+async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Value) -> ApiResult {
     let resource = target.resource;
-    let mut object = parse_object(&body, resource)?;
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
     if !object["metadata"].is_object() {

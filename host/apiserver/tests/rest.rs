@@ -624,6 +624,7 @@ async fn requests_over_the_in_flight_limit_get_429_with_retry_after() {
         ApiOptions {
             max_requests_inflight: 10,
             max_mutating_requests_inflight: 0,
+            ..ApiOptions::default()
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -22,34 +22,50 @@ struct Cli {
     command: Command,
 }
 
+/// What `up` and `server` share: where state lives and how the API is served.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where the cluster keeps its state: the embedded store, certificates, tokens, kubeconfig.
+    #[arg(long, default_value = "flotilla-data", env = "FLOTILLA_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the server's endpoint.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Keep this many seconds of history; older revisions are compacted. 0 keeps all.
+    #[arg(long, default_value_t = 300)]
+    compaction_window: u64,
+    /// Serve plain HTTP instead of HTTPS (only on a loopback address).
+    #[arg(long)]
+    plain_http: bool,
+    /// More names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+}
+
+impl ServeArgs {
+    fn config(self, datastore: flotilla_store::Datastore) -> server::ServerConfig {
+        server::ServerConfig {
+            data_dir: self.data_dir,
+            datastore,
+            listen: self.listen,
+            compaction_window: window(self.compaction_window),
+            plain_http: self.plain_http,
+            tls_sans: self.tls_sans,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a whole single-machine cluster on the embedded store.
-    Up {
-        /// Where the cluster keeps its state.
-        #[arg(long, default_value = "flotilla-data", env = "FLOTILLA_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Address of the server's endpoint.
-        #[arg(long, default_value = "127.0.0.1:6443")]
-        listen: SocketAddr,
-        /// Keep this many seconds of history; older revisions are compacted. 0 keeps all.
-        #[arg(long, default_value_t = 300)]
-        compaction_window: u64,
-    },
+    Up(ServeArgs),
     /// Run the control plane on the embedded store or an etcd cluster.
     Server {
-        /// Where the server keeps its state (the embedded store lives here).
-        #[arg(long, default_value = "flotilla-data", env = "FLOTILLA_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// `embedded`, or `etcd://host:port[,host:port...]`.
         #[arg(long, default_value = "embedded")]
         datastore: flotilla_store::Datastore,
-        /// Address of the server's endpoint.
-        #[arg(long, default_value = "127.0.0.1:6443")]
-        listen: SocketAddr,
-        /// Keep this many seconds of history; older revisions are compacted. 0 keeps all.
-        #[arg(long, default_value_t = 300)]
-        compaction_window: u64,
     },
     /// Benchmarks.
     Bench {
@@ -84,33 +100,10 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up {
-                data_dir,
-                listen,
-                compaction_window,
-            } => {
-                server::run(server::ServerConfig {
-                    data_dir,
-                    datastore: flotilla_store::Datastore::Embedded,
-                    listen,
-                    compaction_window: window(compaction_window),
-                })
-                .await
+            Command::Up(serve) => {
+                server::run(serve.config(flotilla_store::Datastore::Embedded)).await
             }
-            Command::Server {
-                data_dir,
-                datastore,
-                listen,
-                compaction_window,
-            } => {
-                server::run(server::ServerConfig {
-                    data_dir,
-                    datastore,
-                    listen,
-                    compaction_window: window(compaction_window),
-                })
-                .await
-            }
+            Command::Server { serve, datastore } => server::run(serve.config(datastore)).await,
             Command::Bench {
                 what: BenchCommand::Store(args),
             } => bench::store(args).await,

@@ -1,5 +1,5 @@
-//! `flotilla up` and `flotilla server`: open the store, serve health endpoints, stop cleanly on
-//! SIGINT or SIGTERM.
+//! `flotilla up` and `flotilla server`: open the store, make or read the cluster's credentials,
+//! serve the API and health endpoints over HTTPS, stop cleanly on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +10,9 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use flotilla_apiserver::authn::Authenticator;
+use flotilla_apiserver::pki::Pki;
+use flotilla_apiserver::{ApiOptions, ApiServer};
 use flotilla_store::{
     Datastore, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, SharedStore,
 };
@@ -21,6 +24,41 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// History kept before automatic compaction; `None` keeps all.
     pub compaction_window: Option<Duration>,
+    /// Plain HTTP instead of HTTPS; only allowed on loopback.
+    pub plain_http: bool,
+    /// Extra names and addresses for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+/// The names the serving certificate is made for: loopback, this host, the listen address and
+/// whatever the operator adds.
+fn certificate_names(config: &ServerConfig) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !config.listen.ip().is_unspecified() {
+        names.push(config.listen.ip().to_string());
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(host.trim().to_owned());
+    }
+    names.extend(config.tls_sans.iter().cloned());
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The URL clients reach the server by: the listen address, or loopback when it listens on all.
+fn client_url(config: &ServerConfig, address: SocketAddr) -> String {
+    let scheme = if config.plain_http { "http" } else { "https" };
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{address}")
 }
 
 /// Opens the configured store.
@@ -54,8 +92,22 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<SharedStore> {
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    if config.plain_http && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--plain-http serves the API unencrypted and is only allowed on a loopback address, not {}",
+            config.listen
+        );
+    }
     let store = open_store(&config).await?;
     let revision = store.current_revision().await?;
+    let (authenticator, admin_token) =
+        Authenticator::load_or_create(&config.data_dir.join("tokens"))
+            .context("cannot read the API tokens")?;
+    let pki = Pki::load_or_create(&config.data_dir.join("tls"), &certificate_names(&config))
+        .context("cannot make the cluster's certificates")?;
+    let tls = (!config.plain_http)
+        .then(|| pki.server_config())
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -70,17 +122,32 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             endpoints.join(",")
         ),
     }
-    println!("flotilla: serving on http://{address} (health: http://{address}/healthz)");
+    let url = client_url(&config, address);
+    let kubeconfig_path = std::path::absolute(config.data_dir.join("kubeconfig"))?;
+    let ca = tls.is_some().then(|| pki.ca_pem());
+    flotilla_apiserver::pki::write_secret_file(
+        &kubeconfig_path,
+        &flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &admin_token),
+    )
+    .with_context(|| format!("cannot write {}", kubeconfig_path.display()))?;
+    println!("flotilla: serving on {url} (health: {url}/healthz)");
+    println!("flotilla: admin kubeconfig: {}", kubeconfig_path.display());
 
-    let api = flotilla_apiserver::ApiServer::new(store.clone());
+    let options = ApiOptions {
+        authenticator: Some(Arc::new(authenticator)),
+        ..ApiOptions::default()
+    };
+    let api = ApiServer::with_options(store.clone(), options);
+    api.bootstrap()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot make the system namespaces: {}", e.0.message))?;
     let app = axum::Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(health))
         .route("/livez", get(|| async { "ok" }))
         .with_state(store)
         .merge(api.router());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    flotilla_apiserver::serve::serve(listener, app, tls, shutdown_signal())
         .await
         .context("server failed")?;
     println!("flotilla: stopped");

@@ -2,8 +2,8 @@
 //! cleanly on SIGTERM, refuses a data directory in use, `server` runs on a real etcd, and the
 //! store benchmark produces its report.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use flotilla_store::testing::{EtcdServer, etcd_tests_enabled};
@@ -11,10 +11,11 @@ use flotilla_store::{Store, StoreError, StoreExt};
 
 const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
 
-/// A running `flotilla` process and the address it printed.
+/// A running `flotilla` process, the URL it serves on and the admin kubeconfig it wrote.
 struct Running {
     child: Child,
-    address: String,
+    url: String,
+    kubeconfig: PathBuf,
     output: Vec<String>,
 }
 
@@ -25,7 +26,8 @@ impl Drop for Running {
     }
 }
 
-/// Starts `flotilla ARGS --listen 127.0.0.1:0` and waits for the line naming its address.
+/// Starts `flotilla ARGS --listen 127.0.0.1:0` and waits for the lines naming its URL and its
+/// kubeconfig.
 fn start(args: &[&str]) -> Running {
     let mut child = Command::new(FLOTILLA)
         .args(args)
@@ -36,35 +38,77 @@ fn start(args: &[&str]) -> Running {
         .expect("start flotilla");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut output = Vec::new();
-    let address = loop {
+    let mut url = None;
+    let kubeconfig = loop {
         let line = lines
             .next()
             .unwrap_or_else(|| panic!("flotilla exited early; printed {output:?}"))
             .unwrap();
         output.push(line.clone());
-        if let Some(rest) = line.strip_prefix("flotilla: serving on http://") {
-            break rest.split_whitespace().next().unwrap().to_owned();
+        if let Some(rest) = line.strip_prefix("flotilla: serving on ") {
+            url = Some(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        if let Some(path) = line.strip_prefix("flotilla: admin kubeconfig: ") {
+            break PathBuf::from(path);
         }
     };
     // Keep draining stdout so the process never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Running {
         child,
-        address,
+        url: url.expect("the URL is printed before the kubeconfig"),
+        kubeconfig,
         output,
     }
 }
 
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+/// The CA and token of a kubeconfig that `flotilla` wrote.
+fn credentials(kubeconfig: &Path) -> (Option<String>, String) {
+    let config: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let ca = config["clusters"][0]["cluster"]["certificate-authority-data"]
+        .as_str()
+        .map(|data| {
+            use base64::Engine;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+            String::from_utf8(pem).unwrap()
+        });
+    let token = config["users"][0]["user"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (ca, token)
+}
+
+/// GETs `path` from a running server, trusting only the CA in its kubeconfig, with or without
+/// its admin token. Returns the status code and the body.
+fn get(running: &Running, path: &str, with_token: bool) -> (u16, String) {
+    let url = format!("{}{path}", running.url);
+    let (ca, token) = credentials(&running.kubeconfig);
+    // A thread of its own, so async tests may call it too.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut client = reqwest::Client::builder().tls_built_in_root_certs(false);
+            if let Some(ca) = ca {
+                client = client
+                    .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
+            }
+            let mut request = client.build().unwrap().get(&url);
+            if with_token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("the server answers");
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 fn terminate(running: &mut Running) -> std::process::ExitStatus {
@@ -86,11 +130,26 @@ fn up_serves_health_on_the_embedded_store_and_stops_on_sigterm() {
         "{:?}",
         up.output
     );
-    let health = http_get(&up.address, "/healthz");
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(health.ends_with("ok"), "{health}");
-    assert!(http_get(&up.address, "/livez").starts_with("HTTP/1.1 200"));
+    assert!(up.url.starts_with("https://127.0.0.1:"), "{}", up.url);
+    // Health and the version answer anyone; the API only a known token, over TLS that the
+    // kubeconfig's CA verifies.
+    assert_eq!(get(&up, "/healthz", false), (200, "ok".to_owned()));
+    assert_eq!(get(&up, "/livez", false).0, 200);
+    assert_eq!(get(&up, "/version", false).0, 200);
+    let (code, body) = get(&up, "/api/v1/namespaces", false);
+    assert_eq!(code, 401, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["reason"], "Unauthorized");
+    let (code, body) = get(&up, "/api/v1/namespaces", true);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"kube-system\""), "{body}");
     assert!(data.join("store.redb").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&up.kubeconfig)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the kubeconfig holds a secret: owner only");
 
     // A second cluster on the same data directory is refused with a clear message.
     let second = Command::new(FLOTILLA)
@@ -109,6 +168,34 @@ fn up_serves_health_on_the_embedded_store_and_stops_on_sigterm() {
 
     let status = terminate(&mut up);
     assert!(status.success(), "{status}");
+
+    // A restart keeps the CA and the token: what the first kubeconfig holds still works.
+    let first = credentials(&up.kubeconfig);
+    let again = start(&["up", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(credentials(&again.kubeconfig), first);
+    assert_eq!(get(&again, "/api/v1/namespaces/default", true).0, 200);
+}
+
+#[test]
+fn plain_http_is_only_served_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = Command::new(FLOTILLA)
+        .args(["up", "--plain-http", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("only allowed on a loopback address"),
+        "{stderr}"
+    );
+
+    let up = start(&["up", "--plain-http", "--data-dir", data.to_str().unwrap()]);
+    assert!(up.url.starts_with("http://127.0.0.1:"), "{}", up.url);
+    assert_eq!(get(&up, "/api/v1/namespaces", false).0, 401);
+    assert_eq!(get(&up, "/api/v1/namespaces", true).0, 200);
 }
 
 #[test]
@@ -130,12 +217,13 @@ async fn server_runs_on_etcd() {
     }
     let etcd = EtcdServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
     let flag = etcd.datastore_flag();
     let mut server = tokio::task::spawn_blocking(move || {
         start(&[
             "server",
             "--data-dir",
-            dir.path().to_str().unwrap(),
+            &data,
             "--datastore",
             &flag,
             "--compaction-window",
@@ -149,8 +237,7 @@ async fn server_runs_on_etcd() {
         "{:?}",
         server.output
     );
-    let health = http_get(&server.address, "/healthz");
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert_eq!(get(&server, "/healthz", false).0, 200);
 
     // The server compacts etcd's history older than its window.
     let store = etcd.connect().await.unwrap();
@@ -169,8 +256,8 @@ async fn server_runs_on_etcd() {
 
     // With etcd gone, health says so instead of lying.
     drop(etcd);
-    let health = http_get(&server.address, "/healthz");
-    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    let (code, health) = get(&server, "/healthz", false);
+    assert_eq!(code, 503, "{health}");
     assert!(health.contains("store:"), "{health}");
     terminate(&mut server);
 }
@@ -231,11 +318,10 @@ fn store_benchmark_reports_both_backends() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
-/// Runs the real kubectl against `server`, with an empty kubeconfig so nothing else leaks in.
-fn kubectl(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+/// Runs the real kubectl with the admin kubeconfig a server wrote, and nothing else.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let output = Command::new("kubectl")
         .env("KUBECONFIG", kubeconfig)
-        .arg(format!("--server=http://{server}"))
         .args(args)
         .output()
         .expect("kubectl is on the machine image (/usr/bin/kubectl); it must be installed");
@@ -247,29 +333,28 @@ fn kubectl(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, 
 }
 
 /// Runs kubectl and returns its output, failing the test if kubectl fails.
-fn kubectl_ok(server: &str, kubeconfig: &std::path::Path, args: &[&str]) -> String {
-    let (ok, stdout, stderr) = kubectl(server, kubeconfig, args);
+fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = kubectl(kubeconfig, args);
     assert!(ok, "kubectl {args:?} failed: {stderr}");
     stdout
 }
 
-/// `flotilla up` in a temporary directory, and an empty kubeconfig for kubectl to use with it.
-fn cluster_for_kubectl() -> (tempfile::TempDir, Running, std::path::PathBuf) {
+/// `flotilla up` in a temporary directory, and the kubeconfig it wrote.
+fn cluster_for_kubectl() -> (tempfile::TempDir, Running, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let up = start(&[
         "up",
         "--data-dir",
         dir.path().join("data").to_str().unwrap(),
     ]);
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, "").unwrap();
+    let kubeconfig = up.kubeconfig.clone();
     (dir, up, kubeconfig)
 }
 
 #[test]
 fn kubectl_drives_the_api_server_in_up() {
-    let (dir, up, kubeconfig) = cluster_for_kubectl();
-    let run = |args: &[&str]| kubectl_ok(&up.address, &kubeconfig, args);
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
 
     let version: serde_json::Value =
         serde_json::from_str(&run(&["version", "-o", "json"])).unwrap();
@@ -342,7 +427,6 @@ fn kubectl_drives_the_api_server_in_up() {
 
     // A duplicate is refused with Kubernetes' message.
     let (ok, _, stderr) = kubectl(
-        &up.address,
         &kubeconfig,
         &[
             "create",
@@ -372,11 +456,10 @@ fn the_official_python_client_works_against_up() {
         "--data-dir",
         dir.path().join("data").to_str().unwrap(),
     ]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client_test.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client_test.py");
     let output = Command::new("python3")
         .arg(&script)
-        .arg(format!("http://{}", up.address))
+        .arg(&up.kubeconfig)
         .output()
         .expect("python3 runs; scripts/deps installs the kubernetes client");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -387,8 +470,8 @@ fn the_official_python_client_works_against_up() {
 
 #[test]
 fn kubectl_get_watch_prints_each_change() {
-    let (dir, up, kubeconfig) = cluster_for_kubectl();
-    let run = |args: &[&str]| kubectl_ok(&up.address, &kubeconfig, args);
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
     let manifest = dir.path().join("objects.json");
     std::fs::write(
         &manifest,
@@ -408,7 +491,6 @@ fn kubectl_get_watch_prints_each_change() {
     let mut watcher = Command::new("kubectl")
         .env("KUBECONFIG", &kubeconfig)
         .stdin(Stdio::null())
-        .arg(format!("--server=http://{}", up.address))
         .args(["get", "pods", "-n", "demo", "-w", "--output-watch-events"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("watch.err")).unwrap())
