@@ -21,17 +21,21 @@ use axum::routing::get;
 use bytes::Bytes;
 use flotilla_api::{FieldSelector, LabelSelector, Status, StatusCause, validation};
 use flotilla_store::{
-    EventKind, KeyValue, RangeRequest, Revision, SharedStore, StoreError, StoreExt, TxnOutcome,
+    KeyValue, RangeRequest, Revision, SharedStore, StoreError, StoreExt, TxnOutcome,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 pub mod authn;
 pub mod kubeconfig;
+mod metrics;
 pub mod pki;
 pub mod resources;
 pub mod serve;
 pub mod table;
+mod watch;
+
+pub use watch::WatchCacheOptions;
 
 use resources::{ResourceDef, VERBS};
 use table::IncludeObject;
@@ -75,6 +79,8 @@ pub struct ApiServer {
     reads: tokio::sync::Semaphore,
     writes: tokio::sync::Semaphore,
     authenticator: Option<Arc<authn::Authenticator>>,
+    watches: watch::WatchCaches,
+    metrics: metrics::Metrics,
 }
 
 /// Limits of the API server.
@@ -86,6 +92,7 @@ pub struct ApiOptions {
     pub max_mutating_requests_inflight: usize,
     /// Who may call the API; `None` serves everyone (for tests of the REST layer alone).
     pub authenticator: Option<Arc<authn::Authenticator>>,
+    pub watch_cache: WatchCacheOptions,
 }
 
 impl Default for ApiOptions {
@@ -94,6 +101,7 @@ impl Default for ApiOptions {
             max_requests_inflight: 400,
             max_mutating_requests_inflight: 200,
             authenticator: None,
+            watch_cache: WatchCacheOptions::default(),
         }
     }
 }
@@ -161,11 +169,13 @@ impl ApiServer {
 
     pub fn with_options(store: SharedStore, options: ApiOptions) -> Arc<Self> {
         Arc::new(Self {
-            store,
             resources: resources::builtin(),
             reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
             writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),
             authenticator: options.authenticator,
+            watches: watch::WatchCaches::new(store.clone(), options.watch_cache),
+            metrics: metrics::Metrics::new(),
+            store,
         })
     }
 
@@ -176,6 +186,7 @@ impl ApiServer {
             .route("/version", get(version))
             .route("/api", get(api_versions))
             .route("/apis", get(api_groups))
+            .route("/metrics", get(metrics_text))
             .fallback(rest)
             .with_state(self.clone());
         match &self.authenticator {
@@ -211,6 +222,11 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Ends every watch: the server is stopping.
+    pub fn close_watches(&self) {
+        self.watches.close();
+    }
+
     fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
         self.resources
             .iter()
@@ -230,6 +246,16 @@ async fn version() -> Response {
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     }))
+}
+
+async fn metrics_text(State(server): State<Arc<ApiServer>>) -> Response {
+    let text = server.metrics.render(&server.watches.watchers().await);
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 async fn api_versions() -> Response {
@@ -455,21 +481,35 @@ impl Query {
 }
 
 async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let query = Query {
         params: query_params(request.uri().query()),
     };
+    let watching = query.flag("watch");
+    let (verb, resource) =
+        metrics::request_labels(request.method(), request.uri().path(), watching);
     let limit = match *request.method() {
-        _ if query.flag("watch") => None,
+        _ if watching => None,
         Method::GET | Method::HEAD | Method::OPTIONS => Some(&server.reads),
         _ => Some(&server.writes),
     };
     // Over the limit: 429 with Retry-After, so clients back off instead of piling up.
-    let _permit = match limit.map(|l| l.try_acquire()) {
-        Some(Err(_)) => return ApiError::from(Status::too_many_requests(1)).into_response(),
-        Some(Ok(permit)) => Some(permit),
-        None => None,
+    let response = match limit.map(|l| l.try_acquire()) {
+        Some(Err(_)) => ApiError::from(Status::too_many_requests(1)).into_response(),
+        Some(Ok(_permit)) => respond(&server, request, query).await,
+        None => respond(&server, request, query).await,
     };
-    match handle(&server, request, query).await {
+    server.metrics.record(
+        verb,
+        &resource,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn respond(server: &Arc<ApiServer>, request: Request, query: Query) -> Response {
+    match handle(server, request, query).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -1092,91 +1132,102 @@ async fn delete_collection(server: &ApiServer, target: &Target<'_>, query: &Quer
     })))
 }
 
-/// One watch event line.
-fn watch_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": kind, "object": object}).to_string();
-    line.push('\n');
-    Bytes::from(line)
-}
-
 async fn watch(
-    server: &Arc<ApiServer>,
+    server: &ApiServer,
     target: &Target<'_>,
     query: &Query,
     output: Output,
 ) -> ApiResult {
-    let resource = target.resource.clone();
+    let resource = target.resource;
     let labels = query.labels()?;
-    let fields = query.fields(target.resource)?;
-    let prefix = target.resource.prefix(target.namespace.as_deref());
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let mut initial = Vec::new();
-    let from = match query
+    let fields = query.fields(resource)?;
+    let prefix = resource.prefix(target.namespace.as_deref());
+    let timeout = match query.get("timeoutSeconds").filter(|t| !t.is_empty()) {
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+            ApiError::from(Status::bad_request(format!("invalid timeoutSeconds {t:?}")))
+        })?)),
+        None => None,
+    };
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let send_initial = match query.get("sendInitialEvents").filter(|v| !v.is_empty()) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            return Err(bad_request(format!("invalid sendInitialEvents {other:?}")));
+        }
+    };
+    let version_match = query.get("resourceVersionMatch").filter(|v| !v.is_empty());
+    match (send_initial, version_match) {
+        (Some(_), Some("NotOlderThan")) | (None, None) => {}
+        (Some(_), _) => {
+            return Err(bad_request(
+                "sendInitialEvents is forbidden for watch unless resourceVersionMatch is NotOlderThan",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad_request(
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+    }
+    if send_initial == Some(true) && !bookmarks {
+        return Err(bad_request(
+            "allowWatchBookmarks must be true when sendInitialEvents is set",
+        ));
+    }
+    let version = query
         .get("resourceVersion")
-        .filter(|rv| !rv.is_empty() && *rv != "0")
-    {
-        Some(rv) => {
-            let rv: Revision = rv.parse().map_err(|_| {
-                ApiError::from(Status::bad_request(format!(
-                    "invalid resourceVersion {rv:?}"
-                )))
-            })?;
-            rv + 1
-        }
-        None => {
-            // No resourceVersion: the current objects first, as ADDED, then what follows.
-            let page = server.store.range(RangeRequest::prefix(&prefix)).await?;
-            for kv in &page.kvs {
-                let object = decode(kv)?;
-                if matches(&object, &labels, &fields) {
-                    initial.push(watch_line("ADDED", &output.one(&resource, object)));
-                }
+        .filter(|rv| !rv.is_empty())
+        .map(parse_revision)
+        .transpose()?;
+    // The current objects come first as ADDED when asked for, or (the older protocol) when no
+    // resourceVersion or "0" is given.
+    let initial_wanted = send_initial.unwrap_or(matches!(version, None | Some(0)));
+    server.watches.prepare(resource).await?;
+    let mut initial = Vec::new();
+    let (from, initial_events_end) = if initial_wanted {
+        let page = server.store.range(RangeRequest::prefix(&prefix)).await?;
+        for kv in &page.kvs {
+            let object = decode(kv)?;
+            if matches(&object, &labels, &fields) {
+                initial.push(watch::watch_line("ADDED", &output.one(resource, object)));
             }
-            page.revision + 1
         }
-    };
-    let events = match server.store.watch(&prefix, from).await {
-        Ok(events) => events,
-        Err(StoreError::Compacted { .. }) => {
-            let status = Status::expired(format!("too old resource version: {}", from - 1));
-            let line = watch_line("ERROR", &status.to_json());
-            return Ok(streaming(futures::stream::iter([line]).boxed()));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let lines = events.filter_map(move |event| {
-        let line = match event {
-            Ok(event) => {
-                let (kind, source) = match (event.kind, &event.prev) {
-                    (EventKind::Delete, Some(prev)) => ("DELETED", prev),
-                    (EventKind::Put, Some(_)) => ("MODIFIED", &event.kv),
-                    (EventKind::Put, None) => ("ADDED", &event.kv),
-                    (EventKind::Delete, None) => return futures::future::ready(None),
-                };
-                match decode(source) {
-                    Ok(mut object) => {
-                        object["metadata"]["resourceVersion"] =
-                            json!(event.kv.mod_revision.to_string());
-                        matches(&object, &labels, &fields)
-                            .then(|| watch_line(kind, &output.one(&resource, object)))
-                    }
-                    Err(e) => Some(watch_line("ERROR", &e.0.to_json())),
-                }
-            }
-            // A compacted history becomes 410 Expired, anything else 500, as everywhere else.
-            Err(e) => Some(watch_line("ERROR", &ApiError::from(e).0.to_json())),
+        let end = (send_initial == Some(true)).then_some(page.revision);
+        (page.revision + 1, end)
+    } else {
+        let from = match version {
+            Some(version) if version > 0 => version,
+            _ => server.store.current_revision().await?,
         };
-        futures::future::ready(line)
-    });
-    let stream = futures::stream::iter(initial).chain(lines);
-    let stream = match timeout {
-        Some(timeout) => stream.take_until(tokio::time::sleep(timeout)).boxed(),
-        None => stream.boxed(),
+        (from + 1, None)
     };
-    Ok(streaming(stream))
+    let lines = server
+        .watches
+        .watch(watch::WatchSpec {
+            resource: resource.clone(),
+            prefix,
+            labels,
+            fields,
+            output,
+            from,
+            initial,
+            initial_events_end,
+            bookmarks,
+            timeout,
+        })
+        .await?;
+    Ok(streaming(lines))
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::from(Status::bad_request(message))
+}
+
+fn parse_revision(text: &str) -> Result<Revision, ApiError> {
+    text.parse()
+        .map_err(|_| bad_request(format!("invalid resourceVersion {text:?}")))
 }
 
 fn streaming(lines: futures::stream::BoxStream<'static, Bytes>) -> Response {

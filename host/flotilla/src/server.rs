@@ -147,7 +147,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route("/livez", get(|| async { "ok" }))
         .with_state(store)
         .merge(api.router());
-    flotilla_apiserver::serve::serve(listener, app, tls, shutdown_signal())
+    let stopping = async {
+        shutdown_signal().await;
+        api.close_watches();
+    };
+    flotilla_apiserver::serve::serve(listener, app, tls, stopping)
         .await
         .context("server failed")?;
     println!("flotilla: stopped");

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use flotilla_apiserver::ApiServer;
+use flotilla_apiserver::{ApiOptions, ApiServer};
 use flotilla_store::{EmbeddedOptions, EmbeddedStore};
 
 pub struct Server {
@@ -10,12 +10,17 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+#[allow(dead_code, reason = "not every test file uses every helper")]
 pub async fn start() -> Server {
+    start_with(ApiOptions::default()).await
+}
+
+pub async fn start_with(options: ApiOptions) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
         .await
         .unwrap();
-    let api = ApiServer::new(Arc::new(store));
+    let api = ApiServer::with_options(Arc::new(store), options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api.router()).await });
