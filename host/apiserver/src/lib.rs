@@ -681,6 +681,51 @@ fn parse_continue(token: &str) -> Result<(Revision, String), ApiError> {
         .ok_or_else(invalid)
 }
 
+/// The revision a list reads at, from `resourceVersion` and `resourceVersionMatch` as Kubernetes
+/// defines them: unset or "0" read the latest state; `Exact` reads at that revision (410 once
+/// compacted); `NotOlderThan` (the default for a given version) reads the latest, which is at
+/// least that. A version the store has not reached is a 504, as Kubernetes answers.
+async fn list_revision(server: &ApiServer, query: &Query) -> Result<Option<Revision>, ApiError> {
+    let version = query.get("resourceVersion").filter(|v| !v.is_empty());
+    let version_match = query.get("resourceVersionMatch").filter(|v| !v.is_empty());
+    if version.is_some() && query.get("continue").is_some_and(|c| !c.is_empty()) {
+        return Err(bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    let Some(version) = version else {
+        return match version_match {
+            Some(_) => Err(bad_request(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            )),
+            None => Ok(None),
+        };
+    };
+    let revision = parse_revision(version)?;
+    let exact = match version_match {
+        None | Some("NotOlderThan") => false,
+        Some("Exact") if revision == 0 => {
+            return Err(bad_request(
+                "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+        Some("Exact") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+            )));
+        }
+    };
+    let current = server.store.current_revision().await?;
+    if revision > current {
+        return Err(ApiError::from(Status::new(
+            flotilla_api::StatusReason::Timeout,
+            format!("Too large resource version: {revision}, current: {current}"),
+        )));
+    }
+    Ok(exact.then_some(revision))
+}
+
 async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Output) -> ApiResult {
     let labels = query.labels()?;
     let fields = query.fields(target.resource)?;
@@ -692,6 +737,9 @@ async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Ou
     };
     let prefix = target.resource.prefix(target.namespace.as_deref());
     let mut request = RangeRequest::prefix(&prefix);
+    if let Some(revision) = list_revision(server, query).await? {
+        request = request.at(revision);
+    }
     if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
         let (revision, start) = parse_continue(token)?;
         if !start.starts_with(&prefix) {
@@ -715,9 +763,11 @@ async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Ou
             .range(request.clone().limit(page_size))
             .await
             .map_err(|e| match e {
-                StoreError::Compacted { .. } => ApiError::from(Status::expired(
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                )),
+                StoreError::Compacted { .. } if query.get("continue").is_some() => {
+                    ApiError::from(Status::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ))
+                }
                 other => other.into(),
             })?;
         revision = page.revision;

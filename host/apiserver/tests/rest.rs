@@ -273,6 +273,78 @@ async fn lists_select_and_paginate() {
 }
 
 #[tokio::test]
+async fn lists_honour_resource_version_semantics_and_expire_old_continues() {
+    let (server, c) = client().await;
+    let (_, a) = c.post(CMS, configmap("a", json!({}))).await;
+    c.post(CMS, configmap("b", json!({}))).await;
+    let rv_a = a["metadata"]["resourceVersion"].as_str().unwrap();
+    let names = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Exact: the collection as it was; NotOlderThan and "0": the latest.
+    let (code, exact) = c
+        .get(&format!(
+            "{CMS}?resourceVersion={rv_a}&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{exact}");
+    assert_eq!(names(&exact), ["a"]);
+    assert_eq!(exact["metadata"]["resourceVersion"], rv_a);
+    let (_, newer) = c
+        .get(&format!(
+            "{CMS}?resourceVersion={rv_a}&resourceVersionMatch=NotOlderThan"
+        ))
+        .await;
+    assert_eq!(names(&newer), ["a", "b"]);
+    assert_eq!(
+        names(&c.get(&format!("{CMS}?resourceVersion=0")).await.1),
+        ["a", "b"]
+    );
+
+    // Versions from the future, and contradictory parameters.
+    let (code, status) = c.get(&format!("{CMS}?resourceVersion=999999")).await;
+    assert_eq!(code, StatusCode::GATEWAY_TIMEOUT, "{status}");
+    assert_eq!(status["reason"], "Timeout");
+    for query in [
+        "resourceVersionMatch=Exact",
+        "resourceVersion=0&resourceVersionMatch=Exact",
+        "resourceVersion=1&resourceVersionMatch=Sometimes",
+        "resourceVersion=1&continue=abc",
+    ] {
+        let (code, status) = c.get(&format!("{CMS}?{query}")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{query}: {status}");
+    }
+
+    // Once the snapshot is compacted, its continue token and exact reads are 410 Expired.
+    let (_, page) = c.get(&format!("{CMS}?limit=1")).await;
+    let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+    c.post(CMS, configmap("c", json!({}))).await;
+    let current = server.store.current_revision().await.unwrap();
+    server.store.compact(current).await.unwrap();
+    let (code, status) = c.get(&format!("{CMS}?limit=1&continue={token}")).await;
+    assert_eq!(code, StatusCode::GONE, "{status}");
+    assert_eq!(status["reason"], "Expired");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("continue parameter is too old")
+    );
+    let (code, status) = c
+        .get(&format!(
+            "{CMS}?resourceVersion={rv_a}&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(code, StatusCode::GONE, "{status}");
+}
+
+#[tokio::test]
 async fn watches_start_with_current_objects_and_resume_from_a_version() {
     let (_server, c) = client().await;
     let (_, first) = c.post(CMS, configmap("a", json!({"n": "1"}))).await;

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use flotilla_apiserver::{ApiOptions, ApiServer};
-use flotilla_store::{EmbeddedOptions, EmbeddedStore};
+use flotilla_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
 
 pub struct Server {
     pub url: String,
+    /// The store under the server, for tests that compact it.
+    #[allow(dead_code, reason = "not every test file uses every field")]
+    pub store: SharedStore,
     _dir: tempfile::TempDir,
 }
 
@@ -20,9 +23,14 @@ pub async fn start_with(options: ApiOptions) -> Server {
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
         .await
         .unwrap();
-    let api = ApiServer::with_options(Arc::new(store), options);
+    let store: SharedStore = Arc::new(store);
+    let api = ApiServer::with_options(store.clone(), options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api.router()).await });
-    Server { url, _dir: dir }
+    Server {
+        url,
+        store,
+        _dir: dir,
+    }
 }
