@@ -27,6 +27,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 pub mod authn;
+mod body;
+mod delete;
 pub mod kubeconfig;
 mod metrics;
 pub mod pki;
@@ -81,6 +83,10 @@ pub struct ApiServer {
     authenticator: Option<Arc<authn::Authenticator>>,
     watches: watch::WatchCaches,
     metrics: metrics::Metrics,
+    /// The server itself, for work it starts in the background.
+    me: std::sync::Weak<ApiServer>,
+    /// Namespaces whose contents are being deleted.
+    terminating: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Limits of the API server.
@@ -168,7 +174,9 @@ impl ApiServer {
     }
 
     pub fn with_options(store: SharedStore, options: ApiOptions) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            terminating: Default::default(),
             resources: resources::builtin(),
             reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
             writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),
@@ -219,7 +227,45 @@ impl ApiServer {
                 }
             }
         }
+        // Namespaces that were terminating when the server stopped carry on.
+        let page = self
+            .store
+            .range(RangeRequest::prefix(resource.prefix(None)))
+            .await?;
+        for kv in &page.kvs {
+            let namespace = decode(kv)?;
+            if namespace["metadata"]["deletionTimestamp"].is_string()
+                && let Some(name) = namespace["metadata"]["name"].as_str()
+            {
+                self.terminate_namespace(name.to_owned());
+            }
+        }
         Ok(())
+    }
+
+    /// Deletes what is in a terminating namespace, then the namespace, in the background.
+    fn terminate_namespace(&self, namespace: String) {
+        let Some(server) = self.me.upgrade() else {
+            return;
+        };
+        if !self
+            .terminating
+            .lock()
+            .expect("terminating lock")
+            .insert(namespace.clone())
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(error) = delete::finalize_namespace(&server, &namespace).await {
+                tracing::warn!(namespace, error = %error.0.message, "namespace termination stopped; it resumes at the next start");
+            }
+            server
+                .terminating
+                .lock()
+                .expect("terminating lock")
+                .remove(&namespace);
+        });
     }
 
     /// Ends every watch: the server is stopping.
@@ -526,6 +572,12 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
     let output = Output {
         table: table::wants_table(accept).then(|| IncludeObject::parse(query.get("includeObject"))),
     };
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let Some(target) = resolve(server, &path)? else {
         // A group version's discovery document.
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -548,23 +600,23 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
         (Method::GET, true) => get_object(server, &target, output).await,
         (Method::POST, false) => {
             let body = read_body(request).await?;
-            create(server, &target, body).await
+            let object = parse_object(&content_type, &body, target.resource)?;
+            create_object(server, &target, object).await
         }
         (Method::PUT, true) => {
             let body = read_body(request).await?;
-            update(server, &target, body).await
+            let object = parse_object(&content_type, &body, target.resource)?;
+            let current = current_object(server, &target).await?;
+            replace(server, &target, &current, object).await
         }
         (Method::PATCH, true) => {
-            let content_type = request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
             let body = read_body(request).await?;
             patch(server, &target, &content_type, body).await
         }
-        (Method::DELETE, true) => delete(server, &target).await,
+        (Method::DELETE, true) => {
+            let body = read_body(request).await?;
+            delete::delete(server, &target, &query, body).await
+        }
         (Method::DELETE, false) => delete_collection(server, &target, &query).await,
         (method, _) => Err(method_not_allowed(&method, &path)),
     }
@@ -806,12 +858,12 @@ async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Ou
     })))
 }
 
-fn parse_object(body: &[u8], resource: &ResourceDef) -> Result<Value, ApiError> {
-    let object: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::from(Status::bad_request(format!(
-            "the request body is not valid JSON: {e}"
-        )))
-    })?;
+fn parse_object(
+    content_type: &str,
+    body: &[u8],
+    resource: &ResourceDef,
+) -> Result<Value, ApiError> {
+    let object = body::parse_as(content_type, body)?;
     if !object.is_object() {
         return Err(ApiError::from(Status::bad_request(
             "the request body must be a JSON object",
@@ -851,21 +903,24 @@ fn generated_suffix() -> String {
         .collect()
 }
 
-async fn namespace_exists(server: &ApiServer, namespace: &str) -> Result<bool, ApiError> {
+/// The namespace objects are created in: 404 when missing, 403 while it terminates.
+async fn check_namespace(server: &ApiServer, namespace: &str) -> Result<(), ApiError> {
     let namespaces = server
         .find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::from(Status::internal("namespaces are not served")))?;
-    Ok(server
+    match server
         .store
         .get(&namespaces.key(None, namespace), None)
         .await?
         .0
-        .is_some())
-}
-
-async fn create(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResult {
-    let object = parse_object(&body, target.resource)?;
-    create_object(server, target, object).await
+    {
+        Some(kv) => delete::refuse_in_terminating(&decode(&kv)?, namespace),
+        None => Err(ApiError::from(Status::not_found(
+            "",
+            "namespaces",
+            namespace,
+        ))),
+    }
 }
 
 /// Stores a new object: the server's metadata set, the name validated, 409 if it exists.
@@ -926,14 +981,8 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     let metadata = &mut object["metadata"];
     metadata["creationTimestamp"] = json!(now_rfc3339());
     metadata["generation"] = json!(1);
-    if let Some(namespace) = &target.namespace
-        && !namespace_exists(server, namespace).await?
-    {
-        return Err(ApiError::from(Status::not_found(
-            "",
-            "namespaces",
-            namespace,
-        )));
+    if let Some(namespace) = &target.namespace {
+        check_namespace(server, namespace).await?;
     }
     let key = resource.key(target.namespace.as_deref(), &name);
     match server.store.create(&key, encode(&object), None).await? {
@@ -946,12 +995,6 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
             &name,
         ))),
     }
-}
-
-async fn update(server: &ApiServer, target: &Target<'_>, body: Bytes) -> ApiResult {
-    let object = parse_object(&body, target.resource)?;
-    let current = current_object(server, target).await?;
-    replace(server, target, &current, object).await
 }
 
 /// The stored object a write applies to, or 404.
@@ -1018,9 +1061,21 @@ async fn replace(
         object["metadata"]["generation"] = json!(generation + 1);
     }
     object["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
+    let completes_deletion = delete::guard_update(&existing, &mut object)?;
     // A write that changes nothing is not a write: same resourceVersion, no watch event.
     if object == existing {
         return Ok(json_body(&existing));
+    }
+    // The last finalizer of an object being deleted is gone: the object goes.
+    if completes_deletion {
+        return match server
+            .store
+            .delete(&current.key, Some(current.mod_revision))
+            .await?
+        {
+            TxnOutcome::Applied { .. } => Ok(json_body(&object)),
+            _ => Err(conflict()),
+        };
     }
     match server
         .store
@@ -1129,29 +1184,6 @@ async fn patch(
                     && attempt < PATCH_ATTEMPTS => {}
             other => return other,
         }
-    }
-}
-
-async fn delete(server: &ApiServer, target: &Target<'_>) -> ApiResult {
-    let resource = target.resource;
-    let name = target.name.as_deref().unwrap_or_default();
-    let key = resource.key(target.namespace.as_deref(), name);
-    let not_found = || ApiError::from(Status::not_found(resource.group, resource.plural, name));
-    let (current, _) = server.store.get(&key, None).await?;
-    let current = current.ok_or_else(not_found)?;
-    match server
-        .store
-        .delete(&key, Some(current.mod_revision))
-        .await?
-    {
-        TxnOutcome::Applied {
-            prev: Some(prev), ..
-        } => Ok(json_body(&decode(&prev)?)),
-        _ => Err(ApiError::from(Status::conflict(
-            resource.group,
-            resource.plural,
-            name,
-        ))),
     }
 }
 

@@ -1,0 +1,357 @@
+//! Deletion as Kubernetes users see it: finalizers hold objects, pods on nodes stop gracefully,
+//! preconditions guard deletes, and a deleted namespace takes everything in it along. Also the
+//! bodies deletes and writes may carry: YAML, and the formats refused.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+struct Api {
+    _server: common::Server,
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let server = common::start().await;
+        let api = Self {
+            url: server.url.clone(),
+            _server: server,
+            http: reqwest::Client::new(),
+        };
+        assert_eq!(api.namespace("demo").await, StatusCode::CREATED);
+        api
+    }
+
+    async fn namespace(&self, name: &str) -> StatusCode {
+        self.send(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": name}})),
+        )
+        .await
+        .0
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let code = response.status();
+        let text = response.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or_else(|_| json!(text)),
+        )
+    }
+
+    async fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, None).await
+    }
+}
+
+const CMS: &str = "/api/v1/namespaces/demo/configmaps";
+const PODS: &str = "/api/v1/namespaces/demo/pods";
+
+#[tokio::test]
+async fn finalizers_hold_an_object_until_the_last_one_is_removed() {
+    let api = Api::start().await;
+    let held =
+        json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}, "data": {}});
+    assert_eq!(
+        api.send(Method::POST, CMS, Some(held)).await.0,
+        StatusCode::CREATED
+    );
+
+    let (code, deleting) = api.send(Method::DELETE, &format!("{CMS}/held"), None).await;
+    assert_eq!(code, StatusCode::OK, "{deleting}");
+    assert!(
+        deleting["metadata"]["deletionTimestamp"].is_string(),
+        "{deleting}"
+    );
+    let (code, still) = api.get(&format!("{CMS}/held")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        still["metadata"]["deletionTimestamp"],
+        deleting["metadata"]["deletionTimestamp"]
+    );
+
+    // No new finalizers on an object being deleted.
+    let mut more = still.clone();
+    more["metadata"]["finalizers"] = json!(["example.com/hold", "example.com/more"]);
+    let (code, status) = api
+        .send(Method::PUT, &format!("{CMS}/held"), Some(more))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"],
+        "metadata.finalizers"
+    );
+
+    // Removing the last finalizer completes the deletion.
+    let mut released = still.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let (code, _) = api
+        .send(Method::PUT, &format!("{CMS}/held"), Some(released))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        api.get(&format!("{CMS}/held")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn pods_on_a_node_stop_gracefully_and_unscheduled_ones_go_at_once() {
+    let api = Api::start().await;
+    let pod = |name: &str, node: Option<&str>| {
+        let mut pod = json!({"metadata": {"name": name}, "spec": {
+            "containers": [{"name": "c", "image": "app.wasm"}],
+            "terminationGracePeriodSeconds": 45}});
+        if let Some(node) = node {
+            pod["spec"]["nodeName"] = json!(node);
+        }
+        pod
+    };
+    api.send(Method::POST, PODS, Some(pod("running", Some("n1"))))
+        .await;
+    api.send(Method::POST, PODS, Some(pod("pending", None)))
+        .await;
+
+    let (code, _) = api
+        .send(Method::DELETE, &format!("{PODS}/pending"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        api.get(&format!("{PODS}/pending")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (_, stopping) = api
+        .send(Method::DELETE, &format!("{PODS}/running"), None)
+        .await;
+    assert_eq!(stopping["metadata"]["deletionGracePeriodSeconds"], 45);
+    assert!(stopping["metadata"]["deletionTimestamp"].is_string());
+    // A shorter grace period may follow; a longer one changes nothing.
+    let (_, shorter) = api
+        .send(
+            Method::DELETE,
+            &format!("{PODS}/running?gracePeriodSeconds=5"),
+            None,
+        )
+        .await;
+    assert_eq!(shorter["metadata"]["deletionGracePeriodSeconds"], 5);
+    let (_, same) = api
+        .send(
+            Method::DELETE,
+            &format!("{PODS}/running"),
+            Some(json!({"gracePeriodSeconds": 60})),
+        )
+        .await;
+    assert_eq!(same["metadata"]["deletionGracePeriodSeconds"], 5);
+    assert_eq!(
+        same["metadata"]["resourceVersion"],
+        shorter["metadata"]["resourceVersion"]
+    );
+    assert_eq!(api.get(&format!("{PODS}/running")).await.0, StatusCode::OK);
+    // What the node agent sends once the containers have stopped.
+    let (code, _) = api
+        .send(
+            Method::DELETE,
+            &format!("{PODS}/running"),
+            Some(json!({"gracePeriodSeconds": 0})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        api.get(&format!("{PODS}/running")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn delete_options_are_checked() {
+    let api = Api::start().await;
+    let (_, created) = api
+        .send(Method::POST, CMS, Some(json!({"metadata": {"name": "a"}})))
+        .await;
+    let (code, status) = api
+        .send(
+            Method::DELETE,
+            &format!("{CMS}/a"),
+            Some(json!({"preconditions": {"uid": "not-it"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("Precondition failed: UID")
+    );
+    let (code, _) = api
+        .send(
+            Method::DELETE,
+            &format!("{CMS}/a?propagationPolicy=Sometimes"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    let uid = created["metadata"]["uid"].clone();
+    let (code, _) = api
+        .send(
+            Method::DELETE,
+            &format!("{CMS}/a"),
+            Some(json!({"preconditions": {"uid": uid}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_deleted_namespace_terminates_then_goes_with_everything_in_it() {
+    let api = Api::start().await;
+    assert_eq!(api.namespace("doomed").await, StatusCode::CREATED);
+    for name in ["a", "b"] {
+        let (code, _) = api
+            .send(
+                Method::POST,
+                "/api/v1/namespaces/doomed/configmaps",
+                Some(json!({"metadata": {"name": name}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let held = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}});
+    api.send(
+        Method::POST,
+        "/api/v1/namespaces/doomed/configmaps",
+        Some(held),
+    )
+    .await;
+    let (_, list) = api.get("/api/v1/namespaces").await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let watch = api
+        .http
+        .get(format!("{}/api/v1/namespaces?watch=1&resourceVersion={rv}&fieldSelector=metadata.name%3Ddoomed", api.url))
+        .send()
+        .await
+        .unwrap();
+    let mut events = watch.bytes_stream();
+
+    let (code, namespace) = api
+        .send(Method::DELETE, "/api/v1/namespaces/doomed", None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(namespace["status"]["phase"], "Terminating");
+    let (code, status) = api
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/doomed/configmaps",
+            Some(json!({"metadata": {"name": "late"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("being terminated")
+    );
+
+    // The finalizer holds one object, and so the namespace.
+    let wait_for_held = async {
+        loop {
+            let (_, held) = api.get("/api/v1/namespaces/doomed/configmaps/held").await;
+            if held["metadata"]["deletionTimestamp"].is_string() {
+                return held;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let mut held = tokio::time::timeout(Duration::from_secs(20), wait_for_held)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get("/api/v1/namespaces/doomed/configmaps/a").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(api.get("/api/v1/namespaces/doomed").await.0, StatusCode::OK);
+    held["metadata"]["finalizers"] = json!([]);
+    api.send(
+        Method::PUT,
+        "/api/v1/namespaces/doomed/configmaps/held",
+        Some(held),
+    )
+    .await;
+
+    let mut seen = String::new();
+    let deleted = async {
+        while let Some(chunk) = events.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("\"DELETED\"") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), deleted)
+        .await
+        .expect("the namespace goes");
+    assert_eq!(
+        api.get("/api/v1/namespaces/doomed").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn yaml_bodies_are_read_and_other_formats_refused() {
+    let api = Api::start().await;
+    let yaml =
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n".to_vec();
+    let (code, created) = api.raw(CMS, "application/yaml", yaml).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["data"]["k"], "v");
+    let (code, status) = api
+        .raw(
+            CMS,
+            "application/vnd.kubernetes.protobuf",
+            b"k8s\0".to_vec(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{status}");
+    let mut bomb = format!(
+        "metadata: {{name: bomb}}\ndata: {{big: &big \"{}\"}}\nlist:\n",
+        "x".repeat(512 * 1024)
+    );
+    for _ in 0..200 {
+        bomb.push_str("- *big\n");
+    }
+    let (code, status) = api.raw(CMS, "application/yaml", bomb.into_bytes()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    let (code, _) = api
+        .raw(CMS, "application/json", b"{\"metadata\":".to_vec())
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}
