@@ -1,15 +1,22 @@
 //! The Kubernetes object model as Flotilla's API server needs it, as pure code: label and field
-//! selectors, name validation with Kubernetes' messages, merge and JSON patches, and
-//! `metav1.Status` errors.
+//! selectors, name validation with Kubernetes' messages, merge and JSON patches,
+//! `metav1.Status` errors, and per-kind defaulting ([`defaults`]) and validation ([`objects`]) of
+//! objects in Kubernetes' JSON wire format, with the field paths and cause messages Kubernetes
+//! gives.
 //!
 //! This crate must not do IO of any kind (no store, no network, no files, no clock reads): it is
 //! the vocabulary the API server, controllers and tests share, and it stays cheap to depend on.
 
+mod base64;
+pub mod defaults;
+pub mod objects;
 pub mod patch;
 pub mod selector;
 pub mod status;
 pub mod validation;
 
+pub use defaults::apply_defaults;
+pub use objects::validate;
 pub use patch::{PatchError, json_patch, merge_patch};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{Status, StatusCause, StatusReason};

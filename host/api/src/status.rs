@@ -82,6 +82,7 @@ pub struct StatusCause {
 }
 
 impl StatusCause {
+    /// `Required value`: the field is missing or empty.
     pub fn required(field: impl Into<String>) -> Self {
         Self {
             reason: "FieldValueRequired".into(),
@@ -90,6 +91,15 @@ impl StatusCause {
         }
     }
 
+    /// `Required value: <detail>`: the field is missing, and why it is needed.
+    pub fn required_with(field: impl Into<String>, detail: &str) -> Self {
+        Self {
+            message: format!("Required value: {detail}"),
+            ..Self::required(field)
+        }
+    }
+
+    /// `Invalid value: <value>: <detail>`.
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
         Self {
             reason: "FieldValueInvalid".into(),
@@ -98,6 +108,7 @@ impl StatusCause {
         }
     }
 
+    /// `Forbidden: <detail>`: the field may not be set or changed.
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self {
             reason: "FieldValueForbidden".into(),
@@ -106,6 +117,34 @@ impl StatusCause {
         }
     }
 
+    /// `Duplicate value: <value>`: the value appears earlier in the same list.
+    pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
+        Self {
+            reason: "FieldValueDuplicate".into(),
+            message: format!("Duplicate value: {value}"),
+            field: field.into(),
+        }
+    }
+
+    /// `Not found: <value>`: the value refers to something that does not exist.
+    pub fn not_found(field: impl Into<String>, value: &Value) -> Self {
+        Self {
+            reason: "FieldValueNotFound".into(),
+            message: format!("Not found: {value}"),
+            field: field.into(),
+        }
+    }
+
+    /// `Too long: may not be more than <max> bytes`.
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
+        Self {
+            reason: "FieldValueTooLong".into(),
+            message: format!("Too long: may not be more than {max_bytes} bytes"),
+            field: field.into(),
+        }
+    }
+
+    /// `Unsupported value: <value>: supported values: "a", "b"`.
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
