@@ -34,6 +34,7 @@ mod metrics;
 pub mod pki;
 pub mod resources;
 pub mod serve;
+mod subresources;
 pub mod table;
 mod watch;
 
@@ -347,16 +348,21 @@ fn resource_list(server: &ApiServer, group: &str, version: &str) -> Option<Value
                 "shortNames": r.short_names,
                 "categories": r.categories,
             });
-            let status = r.has_status.then(|| {
-                json!({
-                    "name": format!("{}/status", r.plural),
+            let subresources = r.subresources().into_iter().map(|sub| {
+                let mut entry = json!({
+                    "name": format!("{}/{}", r.plural, sub.name),
                     "singularName": "",
                     "namespaced": r.namespaced,
-                    "kind": r.kind,
-                    "verbs": ["get", "patch", "update"],
-                })
+                    "kind": sub.kind,
+                    "verbs": sub.verbs,
+                });
+                if !sub.group.is_empty() || sub.version != r.version {
+                    entry["group"] = json!(sub.group);
+                    entry["version"] = json!(sub.version);
+                }
+                entry
             });
-            std::iter::once(main).chain(status)
+            std::iter::once(main).chain(subresources)
         })
         .collect();
     if resources.is_empty() {
@@ -416,7 +422,7 @@ fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, 
         [] => return Ok(None),
         [plural] => (*plural, None, None),
         [plural, name] => (*plural, Some(*name), None),
-        [plural, name, sub] if SUBRESOURCES.contains(sub) => (*plural, Some(*name), Some(*sub)),
+        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
         _ => return Err(not_found_path(path)),
     };
     let resource = lookup(plural)?;
@@ -426,7 +432,7 @@ fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, 
         (resource.namespaced, &namespace, name),
         (false, Some(_), _) | (true, None, Some(_))
     );
-    if misplaced || (subresource == Some("status") && !resource.has_status) {
+    if misplaced || subresource.is_some_and(|sub| !resource.has_subresource(sub)) {
         return Err(not_found_path(path));
     }
     Ok(Some(Target {
@@ -437,7 +443,7 @@ fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, 
     }))
 }
 
-/// Subresources the server serves on objects.
+/// Subresources of a namespace: `namespaces/<name>/<these>` is not a collection in it.
 const SUBRESOURCES: &[&str] = &["status"];
 
 fn rest_with<'a>(first: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
@@ -590,11 +596,36 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
             .map(|list| json_body(&list))
             .ok_or_else(|| not_found_path(&path));
     };
-    let subresource_verb = matches!(method, Method::GET | Method::PUT | Method::PATCH);
+    if let Some(subresource) = target.subresource.as_deref() {
+        let view = match subresource {
+            "scale" => View::Scale,
+            _ => View::Object,
+        };
+        return match (subresource, method) {
+            ("status", Method::GET) => get_object(server, &target, output).await,
+            ("scale", Method::GET) => subresources::get_scale(server, &target).await,
+            ("status" | "scale", Method::PUT) => {
+                let body = read_body(request).await?;
+                let object = body::parse_as(&content_type, &body)?;
+                subresources::put(server, &target, view, object).await
+            }
+            ("status" | "scale", Method::PATCH) => {
+                let body = read_body(request).await?;
+                patch(server, &target, view, &content_type, body).await
+            }
+            ("binding", Method::POST) => {
+                let body = read_body(request).await?;
+                subresources::bind(server, &target, body::parse_as(&content_type, &body)?).await
+            }
+            ("eviction", Method::POST) => {
+                let body = read_body(request).await?;
+                subresources::evict(server, &target, body::parse_as(&content_type, &body)?).await
+            }
+            ("log", Method::GET) => subresources::log(server, &target, &query).await,
+            (_, method) => Err(method_not_allowed(&method, &path)),
+        };
+    }
     match (method, target.name.is_some()) {
-        (method, _) if target.subresource.is_some() && !subresource_verb => {
-            Err(method_not_allowed(&method, &path))
-        }
         (Method::GET, false) if query.flag("watch") => watch(server, &target, &query, output).await,
         (Method::GET, false) => list(server, &target, &query, output).await,
         (Method::GET, true) => get_object(server, &target, output).await,
@@ -607,17 +638,22 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
             let body = read_body(request).await?;
             let object = parse_object(&content_type, &body, target.resource)?;
             let current = current_object(server, &target).await?;
-            replace(server, &target, &current, object).await
+            Ok(json_body(
+                &replace(server, &target, &current, object).await?,
+            ))
         }
         (Method::PATCH, true) => {
             let body = read_body(request).await?;
-            patch(server, &target, &content_type, body).await
+            patch(server, &target, View::Object, &content_type, body).await
         }
         (Method::DELETE, true) => {
             let body = read_body(request).await?;
             delete::delete(server, &target, &query, body).await
         }
-        (Method::DELETE, false) => delete_collection(server, &target, &query).await,
+        (Method::DELETE, false) => {
+            let body = read_body(request).await?;
+            delete_collection(server, &target, &query, body).await
+        }
         (method, _) => Err(method_not_allowed(&method, &path)),
     }
 }
@@ -1017,7 +1053,7 @@ async fn replace(
     target: &Target<'_>,
     current: &KeyValue,
     mut object: Value,
-) -> ApiResult {
+) -> Result<Value, ApiError> {
     let resource = target.resource;
     let name = target.name.as_deref().unwrap_or_default();
     if object["metadata"]["name"].as_str() != Some(name) {
@@ -1064,7 +1100,7 @@ async fn replace(
     let completes_deletion = delete::guard_update(&existing, &mut object)?;
     // A write that changes nothing is not a write: same resourceVersion, no watch event.
     if object == existing {
-        return Ok(json_body(&existing));
+        return Ok(existing);
     }
     // The last finalizer of an object being deleted is gone: the object goes.
     if completes_deletion {
@@ -1073,7 +1109,7 @@ async fn replace(
             .delete(&current.key, Some(current.mod_revision))
             .await?
         {
-            TxnOutcome::Applied { .. } => Ok(json_body(&object)),
+            TxnOutcome::Applied { .. } => Ok(object),
             _ => Err(conflict()),
         };
     }
@@ -1082,7 +1118,7 @@ async fn replace(
         .update(&current.key, encode(&object), current.mod_revision, None)
         .await?
     {
-        TxnOutcome::Applied { kv: Some(kv), .. } => Ok(json_body(&decode(&kv)?)),
+        TxnOutcome::Applied { kv: Some(kv), .. } => decode(&kv),
         _ => Err(conflict()),
     }
 }
@@ -1121,12 +1157,39 @@ fn needs_strategic_merge(patch: &Value) -> bool {
     }
 }
 
+/// What a write through a path sees and changes: the object itself, or (through `…/scale`) its
+/// autoscaling/v1 Scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Object,
+    Scale,
+}
+
+impl View {
+    /// What `object` looks like through this view.
+    fn of(self, object: &Value) -> Result<Value, ApiError> {
+        match self {
+            View::Object => Ok(object.clone()),
+            View::Scale => subresources::scale_of(object),
+        }
+    }
+
+    /// `object` with `seen` (a changed view of it) written back.
+    fn apply(self, resource: &ResourceDef, object: Value, seen: Value) -> Result<Value, ApiError> {
+        match self {
+            View::Object => Ok(seen),
+            View::Scale => subresources::apply_scale(resource, object, &seen),
+        }
+    }
+}
+
 /// How many times a patch is re-applied to a fresher object when another write won the race.
 const PATCH_ATTEMPTS: usize = 5;
 
 async fn patch(
     server: &ApiServer,
     target: &Target<'_>,
+    view: View,
     content_type: &str,
     body: Bytes,
 ) -> ApiResult {
@@ -1161,7 +1224,8 @@ async fn patch(
     loop {
         attempt += 1;
         let current = current_object(server, target).await?;
-        let mut object = decode(&current)?;
+        let stored = decode(&current)?;
+        let mut object = view.of(&stored)?;
         if media_type == "application/json-patch+json" {
             flotilla_api::json_patch(&mut object, &patch).map_err(|e| match e {
                 flotilla_api::PatchError::Malformed(_) => {
@@ -1175,21 +1239,29 @@ async fn patch(
         } else {
             flotilla_api::merge_patch(&mut object, &patch);
         }
+        let object = view.apply(target.resource, stored, object)?;
         match replace(server, target, &current, object).await {
+            Ok(object) => return Ok(json_body(&view.of(&object)?)),
             // Lost a race with another writer: patch the newer object, unless the patch itself
             // named the resourceVersion it expects.
             Err(e)
                 if e.0.reason == flotilla_api::StatusReason::Conflict
                     && patch["metadata"]["resourceVersion"].is_null()
                     && attempt < PATCH_ATTEMPTS => {}
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// Deletes every object of a collection that the selectors match; answers with the deleted
 /// objects. Objects changed or deleted meanwhile by someone else are left to them.
-async fn delete_collection(server: &ApiServer, target: &Target<'_>, query: &Query) -> ApiResult {
+async fn delete_collection(
+    server: &ApiServer,
+    target: &Target<'_>,
+    query: &Query,
+    body: Bytes,
+) -> ApiResult {
+    let options = delete::DeleteOptions::parse(query, &body)?;
     let labels = query.labels()?;
     let fields = query.fields(target.resource)?;
     let prefix = target.resource.prefix(target.namespace.as_deref());
@@ -1200,10 +1272,11 @@ async fn delete_collection(server: &ApiServer, target: &Target<'_>, query: &Quer
         if !matches(&object, &labels, &fields) {
             continue;
         }
-        if let TxnOutcome::Applied { .. } =
-            server.store.delete(&kv.key, Some(kv.mod_revision)).await?
-        {
-            deleted.push(object);
+        match delete::delete_key(server, target.resource, &kv.key, &options).await {
+            Ok(object) => deleted.push(object),
+            // Deleted meanwhile by someone else.
+            Err(e) if e.0.reason == flotilla_api::StatusReason::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(json_body(&json!({

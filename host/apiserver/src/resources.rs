@@ -63,7 +63,68 @@ impl ResourceDef {
     }
 }
 
+/// A subresource of a resource, as discovery lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subresource {
+    pub name: &'static str,
+    /// The group, version and kind of what it serves; empty group and version for the parent's.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const READ_WRITE: &[&str] = &["get", "patch", "update"];
+
 impl ResourceDef {
+    /// The subresources served on this resource's objects.
+    pub fn subresources(&self) -> Vec<Subresource> {
+        let own = |name, verbs| Subresource {
+            name,
+            group: self.group,
+            version: self.version,
+            kind: self.kind,
+            verbs,
+        };
+        let mut all = Vec::new();
+        if self.has_status {
+            all.push(own("status", READ_WRITE));
+        }
+        match (self.group, self.plural) {
+            ("apps", "deployments" | "replicasets" | "statefulsets") => all.push(Subresource {
+                name: "scale",
+                group: "autoscaling",
+                version: "v1",
+                kind: "Scale",
+                verbs: READ_WRITE,
+            }),
+            ("", "pods") => {
+                all.push(Subresource {
+                    name: "binding",
+                    group: "",
+                    version: "v1",
+                    kind: "Binding",
+                    verbs: &["create"],
+                });
+                all.push(Subresource {
+                    name: "eviction",
+                    group: "policy",
+                    version: "v1",
+                    kind: "Eviction",
+                    verbs: &["create"],
+                });
+                all.push(own("log", &["get"]));
+            }
+            _ => {}
+        }
+        all
+    }
+
+    /// Whether objects of this resource have the subresource `name`.
+    pub fn has_subresource(&self, name: &str) -> bool {
+        self.subresources().iter().any(|s| s.name == name)
+    }
+
     /// The fields a field selector may name for this resource, as Kubernetes supports them.
     pub fn selectable_fields(&self) -> &'static [&'static str] {
         match (self.group, self.plural) {

@@ -1,0 +1,219 @@
+//! Subresources beyond `status`: `scale` (autoscaling/v1 Scale) on deployments, replica sets and
+//! stateful sets; `binding`, `eviction` and `log` on pods.
+
+use flotilla_api::{LabelSelector, Status, StatusCause, StatusReason};
+use flotilla_store::{StoreExt, TxnOutcome};
+use serde_json::{Value, json};
+
+use crate::delete::{self, DeleteOptions};
+use crate::resources::ResourceDef;
+use crate::{
+    ApiError, ApiResult, ApiServer, Query, Target, View, current_object, decode, encode, json_body,
+    json_response, replace,
+};
+
+/// The Scale of a scalable object: its desired and current replicas and its selector.
+pub(crate) fn scale_of(object: &Value) -> Result<Value, ApiError> {
+    let metadata = &object["metadata"];
+    let selector = LabelSelector::from_json(&object["spec"]["selector"])
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata["uid"],
+            "resourceVersion": metadata["resourceVersion"],
+            "creationTimestamp": metadata["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector,
+        },
+    }))
+}
+
+/// `object` with the replicas a changed Scale asks for; the Scale's resourceVersion, if any,
+/// must still be the object's.
+pub(crate) fn apply_scale(
+    resource: &ResourceDef,
+    mut object: Value,
+    scale: &Value,
+) -> Result<Value, ApiError> {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let replicas = &scale["spec"]["replicas"];
+    let invalid = |detail: &str| {
+        ApiError::from(Status::invalid(
+            "autoscaling",
+            "Scale",
+            &name,
+            vec![StatusCause::invalid("spec.replicas", replicas, detail)],
+        ))
+    };
+    let count = match replicas {
+        Value::Null => 0,
+        value => value
+            .as_i64()
+            .ok_or_else(|| invalid("must be an integer"))?,
+    };
+    if count < 0 {
+        return Err(invalid("must be greater than or equal to 0"));
+    }
+    if let Some(version) = scale["metadata"]["resourceVersion"].as_str()
+        && !version.is_empty()
+        && object["metadata"]["resourceVersion"].as_str() != Some(version)
+    {
+        return Err(ApiError::from(Status::conflict(
+            resource.group,
+            resource.plural,
+            &name,
+        )));
+    }
+    object["spec"]["replicas"] = json!(count);
+    Ok(object)
+}
+
+pub(crate) async fn get_scale(server: &ApiServer, target: &Target<'_>) -> ApiResult {
+    let object = decode(&current_object(server, target).await?)?;
+    Ok(json_body(&scale_of(&object)?))
+}
+
+/// `PUT` of a subresource: the object with the part the subresource covers replaced.
+pub(crate) async fn put(
+    server: &ApiServer,
+    target: &Target<'_>,
+    view: View,
+    sent: Value,
+) -> ApiResult {
+    let current = current_object(server, target).await?;
+    let stored = decode(&current)?;
+    let object = view.apply(target.resource, stored, sent)?;
+    let object = replace(server, target, &current, object).await?;
+    Ok(json_body(&view.of(&object)?))
+}
+
+fn success(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+/// `POST pods/<name>/binding`: assigns the pod to a node, once.
+pub(crate) async fn bind(server: &ApiServer, target: &Target<'_>, binding: Value) -> ApiResult {
+    let name = target.name.as_deref().unwrap_or_default();
+    let node = binding["target"]["name"].as_str().unwrap_or_default();
+    let invalid =
+        |cause: StatusCause| ApiError::from(Status::invalid("", "Binding", name, vec![cause]));
+    if node.is_empty() {
+        return Err(invalid(StatusCause::required("target.name")));
+    }
+    if !matches!(binding["target"]["kind"].as_str(), None | Some("" | "Node")) {
+        return Err(invalid(StatusCause::not_supported(
+            "target.kind",
+            &binding["target"]["kind"],
+            &["Node"],
+        )));
+    }
+    let refused = |message: String| ApiError::from(Status::new(StatusReason::Conflict, message));
+    for _ in 0..5 {
+        let current = current_object(server, target).await?;
+        let mut pod = decode(&current)?;
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            return Err(refused(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        if let Some(assigned) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(refused(format!(
+                "pod {name} is already assigned to node {assigned:?}"
+            )));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let mut conditions: Vec<Value> = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect();
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+        pod["status"]["conditions"] = json!(conditions);
+        if let TxnOutcome::Applied { .. } = server
+            .store
+            .update(&current.key, encode(&pod), current.mod_revision, None)
+            .await?
+        {
+            return Ok(json_response(
+                axum::http::StatusCode::CREATED,
+                &success(201),
+            ));
+        }
+    }
+    Err(ApiError::from(Status::conflict("", "pods", name)))
+}
+
+/// `POST pods/<name>/eviction`: deletes the pod with the eviction's delete options. No
+/// PodDisruptionBudget is served, so nothing refuses an eviction.
+pub(crate) async fn evict(server: &ApiServer, target: &Target<'_>, eviction: Value) -> ApiResult {
+    let options = &eviction["deleteOptions"];
+    let options = DeleteOptions {
+        grace_period: options["gracePeriodSeconds"].as_i64(),
+        propagation: options["propagationPolicy"].as_str().map(str::to_owned),
+        precondition_uid: options["preconditions"]["uid"].as_str().map(str::to_owned),
+        precondition_version: options["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned),
+    };
+    let name = target.name.as_deref().unwrap_or_default();
+    let key = target.resource.key(target.namespace.as_deref(), name);
+    delete::delete_key(server, target.resource, &key, &options).await?;
+    Ok(json_response(
+        axum::http::StatusCode::CREATED,
+        &success(201),
+    ))
+}
+
+/// `GET pods/<name>/log`: logs live on the node agent that runs the pod.
+pub(crate) async fn log(server: &ApiServer, target: &Target<'_>, query: &Query) -> ApiResult {
+    let pod = decode(&current_object(server, target).await?)?;
+    let name = target.name.as_deref().unwrap_or_default();
+    let bad = |message: String| ApiError::from(Status::bad_request(message));
+    let containers: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match query.get("container").filter(|c| !c.is_empty()) {
+        Some(container) if !containers.contains(&container) => {
+            return Err(bad(format!(
+                "container {container} is not valid for pod {name}"
+            )));
+        }
+        None if containers.len() > 1 => {
+            return Err(bad(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
+        }
+        _ => {}
+    }
+    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(bad(format!("pod {name} does not have a host assigned")));
+    };
+    Err(ApiError::from(Status::new(
+        StatusReason::ServiceUnavailable,
+        format!("the logs of pod {name} are on node {node:?}, whose agent does not serve logs"),
+    )))
+}
