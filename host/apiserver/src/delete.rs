@@ -16,6 +16,7 @@ use flotilla_store::{KeyValue, RangeRequest, StoreExt, TxnOutcome};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::admission::{self, AdmissionRequest, Operation};
 use crate::resources::ResourceDef;
 use crate::{ApiError, ApiResult, ApiServer, Query, Target, decode, encode, json_body};
 
@@ -149,6 +150,20 @@ pub(crate) async fn delete_key(
         })?;
         let mut object = decode(&current)?;
         check_preconditions(resource, name, &object, options)?;
+        let request = AdmissionRequest {
+            operation: Operation::Delete,
+            resource,
+            subresource: None,
+            namespace: object["metadata"]["namespace"].as_str(),
+            name,
+            old_object: Some(&object),
+            user: admission::user(),
+            dry_run: admission::dry_run(),
+        };
+        server.admission.validate(&request, None).await?;
+        if request.dry_run {
+            return Ok(object.clone());
+        }
         let mut held = finalizers(&object);
         match options.propagation.as_deref() {
             Some("Orphan") if !held.iter().any(|f| f == ORPHAN_FINALIZER) => {

@@ -26,6 +26,7 @@ use flotilla_store::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+pub mod admission;
 pub mod authn;
 mod body;
 mod delete;
@@ -84,6 +85,7 @@ pub struct ApiServer {
     authenticator: Option<Arc<authn::Authenticator>>,
     watches: watch::WatchCaches,
     metrics: metrics::Metrics,
+    admission: admission::AdmissionChain,
     /// The server itself, for work it starts in the background.
     me: std::sync::Weak<ApiServer>,
     /// Namespaces whose contents are being deleted.
@@ -100,6 +102,8 @@ pub struct ApiOptions {
     /// Who may call the API; `None` serves everyone (for tests of the REST layer alone).
     pub authenticator: Option<Arc<authn::Authenticator>>,
     pub watch_cache: WatchCacheOptions,
+    /// The admission steps every write passes.
+    pub admission: admission::AdmissionChain,
 }
 
 impl Default for ApiOptions {
@@ -109,6 +113,7 @@ impl Default for ApiOptions {
             max_mutating_requests_inflight: 200,
             authenticator: None,
             watch_cache: WatchCacheOptions::default(),
+            admission: admission::AdmissionChain::default(),
         }
     }
 }
@@ -184,6 +189,7 @@ impl ApiServer {
             authenticator: options.authenticator,
             watches: watch::WatchCaches::new(store.clone(), options.watch_cache),
             metrics: metrics::Metrics::new(),
+            admission: options.admission,
             store,
         })
     }
@@ -546,11 +552,23 @@ async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Respons
         _ => Some(&server.writes),
     };
     // Over the limit: 429 with Retry-After, so clients back off instead of piling up.
-    let response = match limit.map(|l| l.try_acquire()) {
-        Some(Err(_)) => ApiError::from(Status::too_many_requests(1)).into_response(),
-        Some(Ok(_permit)) => respond(&server, request, query).await,
-        None => respond(&server, request, query).await,
+    let context = match request_context(&request, &query) {
+        Ok(context) => Arc::new(context),
+        Err(error) => return error.into_response(),
     };
+    let work = admission::scope(context.clone(), async {
+        match limit.map(|l| l.try_acquire()) {
+            Some(Err(_)) => ApiError::from(Status::too_many_requests(1)).into_response(),
+            Some(Ok(_permit)) => respond(&server, request, query).await,
+            None => respond(&server, request, query).await,
+        }
+    });
+    let mut response = work.await;
+    for warning in context.warnings.lock().expect("warnings lock").iter() {
+        if let Ok(value) = HeaderValue::from_str(&admission::warning_header(warning)) {
+            response.headers_mut().append("Warning", value);
+        }
+    }
     server.metrics.record(
         verb,
         &resource,
@@ -558,6 +576,27 @@ async fn rest(State(server): State<Arc<ApiServer>>, request: Request) -> Respons
         started.elapsed(),
     );
     response
+}
+
+/// Who sent a request and whether it is a dry run (`dryRun=All`).
+fn request_context(
+    request: &Request,
+    query: &Query,
+) -> Result<admission::RequestContext, ApiError> {
+    let dry_run = match query.get("dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+            )));
+        }
+    };
+    Ok(admission::RequestContext {
+        user: request.extensions().get::<authn::UserInfo>().cloned(),
+        dry_run,
+        warnings: Default::default(),
+    })
 }
 
 async fn respond(server: &Arc<ApiServer>, request: Request, query: Query) -> Response {
@@ -1020,7 +1059,21 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     if let Some(namespace) = &target.namespace {
         check_namespace(server, namespace).await?;
     }
+    let request = admission::AdmissionRequest {
+        operation: admission::Operation::Create,
+        resource,
+        subresource: None,
+        namespace: target.namespace.as_deref(),
+        name: &name,
+        old_object: None,
+        user: admission::user(),
+        dry_run: admission::dry_run(),
+    };
+    admit(server, &request, &mut object).await?;
     let key = resource.key(target.namespace.as_deref(), &name);
+    if request.dry_run {
+        return Ok(json_response(StatusCode::CREATED, &object));
+    }
     match server.store.create(&key, encode(&object), None).await? {
         TxnOutcome::Applied { kv: Some(kv), .. } => {
             Ok(json_response(StatusCode::CREATED, &decode(&kv)?))
@@ -1031,6 +1084,27 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
             &name,
         ))),
     }
+}
+
+/// Defaulting, mutating admission, validation and validating admission, in Kubernetes' order.
+async fn admit(
+    server: &ApiServer,
+    request: &admission::AdmissionRequest<'_>,
+    object: &mut Value,
+) -> Result<(), ApiError> {
+    let resource = request.resource;
+    flotilla_api::apply_defaults(resource.group, resource.kind, object);
+    server.admission.mutate(request, object).await?;
+    let causes = flotilla_api::validate(resource.group, resource.kind, object, request.old_object);
+    if !causes.is_empty() {
+        return Err(ApiError::from(Status::invalid(
+            resource.group,
+            resource.kind,
+            request.name,
+            causes,
+        )));
+    }
+    server.admission.validate(request, Some(object)).await
 }
 
 /// The stored object a write applies to, or 404.
@@ -1092,6 +1166,17 @@ async fn replace(
             }
         }
     }
+    let request = admission::AdmissionRequest {
+        operation: admission::Operation::Update,
+        resource,
+        subresource: target.subresource.as_deref(),
+        namespace: target.namespace.as_deref(),
+        name,
+        old_object: Some(&existing),
+        user: admission::user(),
+        dry_run: admission::dry_run(),
+    };
+    admit(server, &request, &mut object).await?;
     if object.get("spec") != existing.get("spec") {
         let generation = existing["metadata"]["generation"].as_i64().unwrap_or(1);
         object["metadata"]["generation"] = json!(generation + 1);
@@ -1099,8 +1184,8 @@ async fn replace(
     object["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
     let completes_deletion = delete::guard_update(&existing, &mut object)?;
     // A write that changes nothing is not a write: same resourceVersion, no watch event.
-    if object == existing {
-        return Ok(existing);
+    if object == existing || request.dry_run {
+        return Ok(object);
     }
     // The last finalizer of an object being deleted is gone: the object goes.
     if completes_deletion {

@@ -1,0 +1,141 @@
+//! The admission seam. Every write passes through it between defaulting and storage, as in
+//! Kubernetes: mutating admission may change the object, then the object is validated, then
+//! validating admission may refuse it. Admission logic itself is policy and lives in plugins;
+//! this module only calls what it is given (nothing, until the admission plugins are wired).
+//!
+//! It also holds what a request carries through the write path: who sent it, whether it is a
+//! dry run, and the warnings gathered for its `Warning` headers.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::ApiError;
+use crate::authn::UserInfo;
+use crate::resources::ResourceDef;
+
+/// What a write does, as admission sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+    Connect,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+        }
+    }
+}
+
+/// What admission is asked about: Kubernetes' `AdmissionRequest` without the object itself,
+/// which is passed alongside.
+#[derive(Debug, Clone)]
+pub struct AdmissionRequest<'a> {
+    pub operation: Operation,
+    pub resource: &'a ResourceDef,
+    pub subresource: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    /// The stored object an update or delete applies to.
+    pub old_object: Option<&'a Value>,
+    pub user: Option<UserInfo>,
+    pub dry_run: bool,
+}
+
+/// A mutating admission step: may change the object, warn, or refuse with a Status.
+#[async_trait]
+pub trait MutatingAdmission: Send + Sync + std::fmt::Debug {
+    async fn admit(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: &mut Value,
+    ) -> Result<(), ApiError>;
+}
+
+/// A validating admission step: may warn or refuse, never change.
+#[async_trait]
+pub trait ValidatingAdmission: Send + Sync + std::fmt::Debug {
+    async fn validate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: Option<&Value>,
+    ) -> Result<(), ApiError>;
+}
+
+/// The admission steps, called in order.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionChain {
+    pub mutating: Vec<Arc<dyn MutatingAdmission>>,
+    pub validating: Vec<Arc<dyn ValidatingAdmission>>,
+}
+
+impl AdmissionChain {
+    pub(crate) async fn mutate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        for step in &self.mutating {
+            step.admit(request, object).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn validate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        for step in &self.validating {
+            step.validate(request, object).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one request carries through the write path.
+#[derive(Debug, Default)]
+pub(crate) struct RequestContext {
+    pub user: Option<UserInfo>,
+    pub dry_run: bool,
+    pub warnings: Mutex<Vec<String>>,
+}
+
+tokio::task_local! {
+    static REQUEST: Arc<RequestContext>;
+}
+
+/// Runs `work` as part of the request described by `context`.
+pub(crate) async fn scope<F: Future>(context: Arc<RequestContext>, work: F) -> F::Output {
+    REQUEST.scope(context, work).await
+}
+
+/// Whether the current request is a dry run (work the server does on its own never is).
+pub(crate) fn dry_run() -> bool {
+    REQUEST.try_with(|r| r.dry_run).unwrap_or(false)
+}
+
+/// Who sent the current request.
+pub(crate) fn user() -> Option<UserInfo> {
+    REQUEST.try_with(|r| r.user.clone()).ok().flatten()
+}
+
+/// Adds a warning to the current request's response.
+pub fn warn(message: impl Into<String>) {
+    let message = message.into();
+    let _ = REQUEST.try_with(|r| r.warnings.lock().expect("warnings lock").push(message));
+}
+
+/// A `Warning` header value (RFC 7234 form, as Kubernetes sends them).
+pub(crate) fn warning_header(message: &str) -> String {
+    let escaped = message.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("299 - \"{escaped}\"")
+}
