@@ -599,11 +599,64 @@ fn request_context(
     })
 }
 
+/// How long a request (other than a watch) may take, unless it asks for less with `timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn respond(server: &Arc<ApiServer>, request: Request, query: Query) -> Response {
-    match handle(server, request, query).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    let limit = match query.get("timeout").filter(|t| !t.is_empty()) {
+        _ if query.flag("watch") => None,
+        Some(text) => match parse_go_duration(text) {
+            Some(asked) => Some(asked.min(REQUEST_TIMEOUT)),
+            None => {
+                return bad_request(format!("invalid timeout {text:?}")).into_response();
+            }
+        },
+        None => Some(REQUEST_TIMEOUT),
+    };
+    let work = handle(server, request, query);
+    let result = match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(ApiError::from(Status::new(
+                flotilla_api::StatusReason::Timeout,
+                format!(
+                    "Timeout: request did not complete within the allowed duration of {limit:?}"
+                ),
+            )))
+        }),
+        None => work.await,
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A duration as Go writes them and kubectl's `--request-timeout` sends them: `30s`, `1m30s`,
+/// `500ms`, or a bare number of seconds.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
     }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (number, tail) = rest.split_at(digits);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(number * scale).ok()?;
+        rest = tail;
+    }
+    Some(total)
 }
 
 async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiResult {
@@ -1478,4 +1531,20 @@ fn streaming(lines: futures::stream::BoxStream<'static, Bytes>) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse_as_kubectl_sends_them() {
+        assert_eq!(parse_go_duration("32s"), Some(Duration::from_secs(32)));
+        assert_eq!(parse_go_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("soon"), None);
+        assert_eq!(parse_go_duration("10x"), None);
+    }
 }

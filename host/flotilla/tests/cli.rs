@@ -259,6 +259,10 @@ async fn server_runs_on_etcd() {
     let (code, health) = get(&server, "/healthz", false);
     assert_eq!(code, 503, "{health}");
     assert!(health.contains("store:"), "{health}");
+    // A request that cannot finish in the time it asked for is a 504 Timeout.
+    let (code, body) = get(&server, "/api/v1/namespaces?timeout=1s", true);
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("\"Timeout\""), "{body}");
     terminate(&mut server);
 }
 

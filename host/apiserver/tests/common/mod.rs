@@ -23,7 +23,11 @@ pub async fn start_with(options: ApiOptions) -> Server {
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
         .await
         .unwrap();
-    let store: SharedStore = Arc::new(store);
+    start_on(Arc::new(store), options, dir).await
+}
+
+/// A server over `store`; `dir` lives as long as the server.
+pub async fn start_on(store: SharedStore, options: ApiOptions, dir: tempfile::TempDir) -> Server {
     let api = ApiServer::with_options(store.clone(), options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
