@@ -453,6 +453,191 @@ fn kubectl_drives_the_api_server_in_up() {
 }
 
 #[test]
+fn kubectl_workflows_scale_describe_select_and_delete() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {tier: front}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: registry.example/web:1.0
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {app: web}
+spec:
+  containers:
+  - name: web
+    image: registry.example/web:1.0
+",
+    )
+    .unwrap();
+    let created = run(&[
+        "create",
+        "--validate=false",
+        "-f",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(created.contains("deployment.apps/web created"), "{created}");
+
+    // Tables with Kubernetes' columns, labels shown, YAML out.
+    let table = run(&["get", "deploy", "-n", "shop", "--show-labels"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "LABELS"],
+        "{table}"
+    );
+    assert!(table.contains("tier=front"), "{table}");
+    let yaml = run(&["get", "deploy", "web", "-n", "shop", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Deployment") && yaml.contains("maxSurge: 25%"),
+        "{yaml}"
+    );
+
+    // Scale through the scale subresource.
+    assert_eq!(
+        run(&["scale", "deployment", "web", "-n", "shop", "--replicas=3"]).trim(),
+        "deployment.apps/web scaled"
+    );
+    assert_eq!(
+        run(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+
+    // Label, annotate, and patch both ways.
+    run(&["label", "pod", "web-1", "-n", "shop", "stage=canary"]);
+    run(&["annotate", "pod", "web-1", "-n", "shop", "owner=team-a"]);
+    run(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minReadySeconds":5}}"#,
+    ]);
+    run(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#,
+    ]);
+    let patched = run(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.minReadySeconds}/{.spec.replicas}",
+    ]);
+    assert_eq!(patched, "5/2");
+    assert_eq!(
+        run(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-l",
+            "stage=canary",
+            "--field-selector=status.phase=Pending",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "pod/web-1"
+    );
+    assert_eq!(
+        run(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        ""
+    );
+
+    // describe lists the pod's events.
+    let uid = run(&[
+        "get",
+        "pod",
+        "web-1",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"web-1.1","namespace":"shop"}},
+            "involvedObject":{{"apiVersion":"v1","kind":"Pod","name":"web-1","namespace":"shop","uid":"{uid}"}},
+            "reason":"Scheduled","message":"Successfully assigned shop/web-1 to node-a","type":"Normal",
+            "source":{{"component":"default-scheduler"}},"count":1,
+            "firstTimestamp":"2026-01-01T00:00:00Z","lastTimestamp":"2026-01-01T00:00:00Z"}}"#
+        ),
+    )
+    .unwrap();
+    run(&["create", "--validate=false", "-f", event.to_str().unwrap()]);
+    let described = run(&["describe", "pod", "web-1", "-n", "shop"]);
+    assert!(described.contains("owner: team-a"), "{described}");
+    assert!(described.contains("Events:"), "{described}");
+    assert!(
+        described.contains("Successfully assigned shop/web-1 to node-a"),
+        "{described}"
+    );
+
+    // Deleting the namespace waits until everything in it, then it, is gone.
+    let deleted = run(&["delete", "namespace", "shop", "--timeout=60s"]);
+    assert_eq!(deleted.trim(), "namespace \"shop\" deleted");
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["get", "namespace", "shop"]);
+    assert!(!ok && stderr.contains("not found"), "{stderr}");
+    assert_eq!(run(&["get", "deploy", "-A", "-o", "name"]).trim(), "");
+}
+
+#[test]
 fn the_official_python_client_works_against_up() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(&[
