@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use flotilla_api::{FieldSelector, LabelSelector, Status};
 use flotilla_store::{EventKind, Revision, SharedStore, StoreError, WatchEvent, WatchStream};
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -166,7 +166,45 @@ enum Source {
     Store(WatchStream),
 }
 
+/// A change that was ready without waiting, or the end of the source.
+enum Ready {
+    Change(Result<Arc<Change>, ApiError>),
+    Ended,
+}
+
 impl Source {
+    /// A change available now, if any.
+    fn ready(&mut self) -> Option<Ready> {
+        match self {
+            Source::Cache {
+                replay, receiver, ..
+            } => {
+                if let Some(change) = replay.pop_front() {
+                    return Some(Ready::Change(Ok(change)));
+                }
+                match receiver.try_recv() {
+                    Ok(change) => Some(Ready::Change(Ok(change))),
+                    Err(broadcast::error::TryRecvError::Empty) => None,
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                        tracing::info!(missed, "watcher too slow: closing it to be resumed");
+                        Some(Ready::Ended)
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => Some(Ready::Ended),
+                }
+            }
+            Source::Store(stream) => loop {
+                match stream.next().now_or_never()? {
+                    None => return Some(Ready::Ended),
+                    Some(Ok(event)) => match Change::from_event(&event) {
+                        Some(change) => return Some(Ready::Change(change.map(Arc::new))),
+                        None => continue,
+                    },
+                    Some(Err(error)) => return Some(Ready::Change(Err(error.into()))),
+                }
+            },
+        }
+    }
+
     /// The next change; `None` when the source has ended (or cut the watcher off).
     async fn next(&mut self) -> Option<Result<Arc<Change>, ApiError>> {
         match self {
@@ -429,6 +467,49 @@ struct Watcher {
     done: bool,
 }
 
+/// At most this many events, or this many bytes, go out in one chunk.
+const BATCH_EVENTS: usize = 64;
+const BATCH_BYTES: usize = 256 * 1024;
+
+impl Watcher {
+    /// `first` and whatever else is ready now, as one chunk: a watcher that has fallen behind
+    /// catches up in few writes instead of one per event.
+    fn batch(&mut self, first: Bytes) -> Bytes {
+        let mut batch: Option<BytesMut> = None;
+        let mut events = 1;
+        while events < BATCH_EVENTS
+            && batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_BYTES
+        {
+            let line = match self.source.ready() {
+                None => break,
+                Some(Ready::Ended) => {
+                    self.done = true;
+                    break;
+                }
+                Some(Ready::Change(Ok(change))) => {
+                    if change.revision < self.spec.from {
+                        continue;
+                    }
+                    self.seen = change.revision;
+                    match self.spec.event(&change) {
+                        Some(line) => line,
+                        None => continue,
+                    }
+                }
+                Some(Ready::Change(Err(error))) => {
+                    self.done = true;
+                    watch_line("ERROR", &error.0.to_json())
+                }
+            };
+            batch
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&line);
+            events += 1;
+        }
+        batch.map_or(first, BytesMut::freeze)
+    }
+}
+
 fn stream(
     mut spec: WatchSpec,
     source: Source,
@@ -477,7 +558,8 @@ fn stream(
                         }
                         watcher.seen = change.revision;
                         if let Some(line) = watcher.spec.event(&change) {
-                            return Some((line, watcher));
+                            let batch = watcher.batch(line);
+                            return Some((batch, watcher));
                         }
                     }
                     Err(error) => {
