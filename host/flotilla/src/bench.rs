@@ -111,17 +111,9 @@ async fn run_backend(store: SharedStore, args: &StoreBenchArgs) -> anyhow::Resul
     let mut figures = Figures::default();
 
     // One writer.
-    let mut latencies = Histogram::<u64>::new(3)?;
-    let started = Instant::now();
-    for i in 0..args.serial_writes {
-        let t = Instant::now();
-        let outcome = store
-            .create(&format!("/bench/serial/{i:08}"), value.clone(), None)
-            .await?;
-        anyhow::ensure!(outcome.applied(), "serial create {i} was not applied");
-        latencies.record(t.elapsed().as_micros() as u64)?;
-    }
-    figures.serial_rate = args.serial_writes as f64 / started.elapsed().as_secs_f64();
+    let (rate, latencies) =
+        serial_creates(&store, "/bench/serial/", args.serial_writes, &value).await?;
+    figures.serial_rate = rate;
     figures.serial_p50_us = latencies.value_at_quantile(0.5);
     figures.serial_p99_us = latencies.value_at_quantile(0.99);
     eprintln!(
@@ -130,34 +122,15 @@ async fn run_backend(store: SharedStore, args: &StoreBenchArgs) -> anyhow::Resul
     );
 
     // Many writers.
-    let per_writer = args.concurrent_writes.div_ceil(args.writers);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..args.writers {
-        let store = store.clone();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new(3)?;
-            for i in 0..per_writer {
-                let t = Instant::now();
-                let outcome = store
-                    .create(
-                        &format!("/bench/concurrent/{w:03}/{i:08}"),
-                        value.clone(),
-                        None,
-                    )
-                    .await?;
-                anyhow::ensure!(outcome.applied(), "concurrent create was not applied");
-                latencies.record(t.elapsed().as_micros() as u64)?;
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Histogram::<u64>::new(3)?;
-    for task in tasks {
-        latencies.add(task.await??)?;
-    }
-    figures.concurrent_rate = (per_writer * args.writers) as f64 / started.elapsed().as_secs_f64();
+    let (rate, latencies) = concurrent_creates(
+        &store,
+        "/bench/concurrent/",
+        args.writers,
+        args.concurrent_writes,
+        &value,
+    )
+    .await?;
+    figures.concurrent_rate = rate;
     figures.concurrent_p99_us = latencies.value_at_quantile(0.99);
     eprintln!(
         "{name}: {} writers: {:.0} writes/s, p99 {} µs",
@@ -209,7 +182,7 @@ async fn run_backend(store: SharedStore, args: &StoreBenchArgs) -> anyhow::Resul
     eprintln!("{name}: range: {:.0} keys/s", figures.range_keys_per_s);
 
     // Watch fan-out: many watchers on one prefix, paced writes carrying their send time.
-    let watch = watch_latency(&store, args).await?;
+    let watch = watch_latency(&store, &WatchLoad::from(args)).await?;
     eprintln!(
         "{name}: watch: {} watchers, {} deliveries, {} missing, {} failed writes, p50 {} µs, p99 {} µs",
         args.watchers,
@@ -223,27 +196,112 @@ async fn run_backend(store: SharedStore, args: &StoreBenchArgs) -> anyhow::Resul
     Ok(figures)
 }
 
-/// What the watch phase measured.
-#[derive(Debug, Default)]
-struct WatchFigures {
-    p50_us: u64,
-    p99_us: u64,
-    delivered: u64,
-    missing: u64,
-    failed_writes: u64,
+/// Creates `count` keys under `prefix` one after another; the rate and the latencies (µs).
+pub(crate) async fn serial_creates(
+    store: &SharedStore,
+    prefix: &str,
+    count: usize,
+    value: &Bytes,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    for i in 0..count {
+        let t = Instant::now();
+        let outcome = store
+            .create(&format!("{prefix}{i:08}"), value.clone(), None)
+            .await?;
+        anyhow::ensure!(outcome.applied(), "serial create {i} was not applied");
+        latencies.record(t.elapsed().as_micros() as u64)?;
+    }
+    Ok((count as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
-async fn watch_latency(store: &SharedStore, args: &StoreBenchArgs) -> anyhow::Result<WatchFigures> {
+/// Creates `total` keys under `prefix` from `writers` concurrent writers; the rate and the
+/// latencies (µs).
+pub(crate) async fn concurrent_creates(
+    store: &SharedStore,
+    prefix: &str,
+    writers: usize,
+    total: usize,
+    value: &Bytes,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let per_writer = total.div_ceil(writers.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let value = value.clone();
+        let prefix = prefix.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new(3)?;
+            for i in 0..per_writer {
+                let t = Instant::now();
+                let outcome = store
+                    .create(&format!("{prefix}{w:03}/{i:08}"), value.clone(), None)
+                    .await?;
+                anyhow::ensure!(outcome.applied(), "concurrent create was not applied");
+                latencies.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        latencies.add(task.await??)?;
+    }
+    let rate = (per_writer * writers) as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, latencies))
+}
+
+/// The load of a watch fan-out run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WatchLoad {
+    pub watchers: usize,
+    /// Writes per second.
+    pub rate: u64,
+    pub seconds: u64,
+    pub value_bytes: usize,
+    /// How long watchers may still take once the writes are done.
+    pub drain_seconds: u64,
+}
+
+impl From<&StoreBenchArgs> for WatchLoad {
+    fn from(args: &StoreBenchArgs) -> Self {
+        Self {
+            watchers: args.watchers,
+            rate: args.watch_rate,
+            seconds: args.watch_seconds,
+            value_bytes: args.watch_value_bytes,
+            drain_seconds: args.watch_drain_seconds,
+        }
+    }
+}
+
+/// What the watch phase measured.
+#[derive(Debug, Default)]
+pub(crate) struct WatchFigures {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub delivered: u64,
+    pub missing: u64,
+    pub failed_writes: u64,
+}
+
+/// Store watchers on one prefix while writes carrying their send time run at a steady rate.
+pub(crate) async fn watch_latency(
+    store: &SharedStore,
+    load: &WatchLoad,
+) -> anyhow::Result<WatchFigures> {
     let prefix = "/bench/watch/";
     let epoch = Instant::now();
-    let writes = (args.watch_rate * args.watch_seconds) as usize;
+    let writes = (load.rate * load.seconds) as usize;
     // Watchers stop once they have every acknowledged write, or at the deadline; what they
     // miss is reported, not hidden.
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(args.watch_seconds + args.watch_drain_seconds);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(load.seconds + load.drain_seconds);
     let (expected_tx, expected_rx) = tokio::sync::watch::channel(writes);
     let mut watchers = Vec::new();
-    for _ in 0..args.watchers {
+    for _ in 0..load.watchers {
         let mut stream = store.watch(prefix, 0).await?;
         let mut expected = expected_rx.clone();
         watchers.push(tokio::spawn(async move {
@@ -267,10 +325,10 @@ async fn watch_latency(store: &SharedStore, args: &StoreBenchArgs) -> anyhow::Re
     }
     // Each write is its own task so the rate holds even when one write takes longer than the
     // interval (a write waits for an fsync).
-    let interval = Duration::from_nanos(1_000_000_000 / args.watch_rate.max(1));
+    let interval = Duration::from_nanos(1_000_000_000 / load.rate.max(1));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let padding = Bytes::from(vec![b'w'; args.watch_value_bytes.saturating_sub(8)]);
+    let padding = Bytes::from(vec![b'w'; load.value_bytes.saturating_sub(8)]);
     let mut writers = Vec::with_capacity(writes);
     for i in 0..writes {
         tick.tick().await;
@@ -312,7 +370,7 @@ async fn watch_latency(store: &SharedStore, args: &StoreBenchArgs) -> anyhow::Re
 }
 
 /// fdatasync latency of the disk under `dir`, for the report.
-fn measure_fsync(dir: &Path) -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn measure_fsync(dir: &Path) -> anyhow::Result<Histogram<u64>> {
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path)?;
     let block = vec![0u8; 4096];
@@ -327,7 +385,7 @@ fn measure_fsync(dir: &Path) -> anyhow::Result<Histogram<u64>> {
     Ok(histogram)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

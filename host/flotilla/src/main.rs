@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_api;
 mod server;
 
 #[derive(Debug, Parser)]
@@ -78,6 +79,8 @@ enum Command {
 enum BenchCommand {
     /// Store benchmark: the embedded store and a real etcd, side by side.
     Store(bench::StoreBenchArgs),
+    /// API server benchmark: pod creates and watch fan-out against raw etcd, side by side.
+    Api(bench_api::ApiBenchArgs),
 }
 
 /// `--compaction-window` in seconds; 0 turns automatic compaction off.
@@ -107,6 +110,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 what: BenchCommand::Store(args),
             } => bench::store(args).await,
+            Command::Bench {
+                what: BenchCommand::Api(args),
+            } => bench_api::api(args).await,
         }
     })
 }

@@ -98,6 +98,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             config.listen
         );
     }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let store = open_store(&config).await?;
     let revision = store.current_revision().await?;
     let (authenticator, admin_token) =
