@@ -123,6 +123,11 @@ impl ServerProcess {
             .build()?)
     }
 
+    /// CPU time the server process has used.
+    fn cpu(&self) -> Duration {
+        cpu_time(&self.child.id().to_string())
+    }
+
     /// Resident and peak memory of the server process, in KiB.
     fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -152,6 +157,22 @@ impl ServerProcess {
             .send()
             .await?)
     }
+}
+
+/// User plus system CPU time of a process (`self` or a pid), from /proc.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    Duration::from_millis(ticks * 10)
 }
 
 /// A pod of about `bytes` bytes as JSON, its name left as `__NAME__`.
@@ -205,6 +226,12 @@ struct ApiFigures {
     serial: CreateFigures,
     concurrent: CreateFigures,
     watch: WatchFigures,
+    /// Times watchers were cut off for being slow and resumed.
+    resumes: u64,
+    /// CPU used during the fan-out run's writes, as a share of one core: server, and the
+    /// benchmark's own clients.
+    server_cores: f64,
+    client_cores: f64,
     idle_kib: u64,
     with_watchers_kib: u64,
     peak_kib: u64,
@@ -304,39 +331,51 @@ async fn api_watch(
     let (expected_tx, expected_rx) = tokio::sync::watch::channel(writes);
     let mut watchers = Vec::new();
     for w in 0..args.watchers {
-        let response = connections[w % connections.len()]
-            .get(format!(
-                "{}/api/v1/namespaces/bench-watch/configmaps?watch=1&resourceVersion={from}",
-                server.url
-            ))
-            .bearer_auth(&server.token)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "watch: {}",
-            response.status()
+        let client = connections[w % connections.len()].clone();
+        let url = format!(
+            "{}/api/v1/namespaces/bench-watch/configmaps?watch=1",
+            server.url
         );
-        let mut body = response.bytes_stream();
+        let token = server.token.clone();
+        let mut body = open_watch(&client, &url, &token, &from).await?;
         let mut expected = expected_rx.clone();
+        let mut last_version = from.clone();
         watchers.push(tokio::spawn(async move {
             let mut latencies = Histogram::<u64>::new(3)?;
             let mut seen = 0usize;
+            let mut resumes = 0u64;
+            let mut pending = Vec::new();
             while seen < *expected.borrow_and_update() {
                 let chunk = tokio::select! {
                     chunk = tokio::time::timeout_at(deadline, body.next()) => match chunk {
                         Ok(Some(chunk)) => chunk?,
-                        _ => break,
+                        // Cut off as a slow watcher: resume from the last version seen, as
+                        // clients do.
+                        Ok(None) => {
+                            resumes += 1;
+                            pending.clear();
+                            body = open_watch(&client, &url, &token, &last_version).await?;
+                            continue;
+                        }
+                        Err(_) => break,
                     },
                     _ = expected.changed() => continue,
                 };
                 let now = epoch.elapsed().as_micros() as u64;
-                for sent in sent_times(&chunk) {
+                pending.extend_from_slice(&chunk);
+                let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+                    continue;
+                };
+                let lines: Vec<u8> = pending.drain(..=end).collect();
+                for sent in sent_times(&lines) {
                     latencies.record(now.saturating_sub(sent))?;
                     seen += 1;
                 }
+                if let Some(version) = last_resource_version(&lines) {
+                    last_version = version;
+                }
             }
-            anyhow::Ok((latencies, seen))
+            anyhow::Ok((latencies, seen, resumes))
         }));
     }
     figures.with_watchers_kib = server.memory_kib().0;
@@ -350,6 +389,7 @@ async fn api_watch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(writes);
     let url = format!("{}/api/v1/namespaces/bench-watch/configmaps", server.url);
+    let (server_cpu, client_cpu, started) = (server.cpu(), cpu_time("self"), Instant::now());
     for i in 0..writes {
         tick.tick().await;
         let client = writers[i % writers.len()].clone();
@@ -383,12 +423,16 @@ async fn api_watch(
             failed += 1;
         }
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    figures.server_cores = (server.cpu() - server_cpu).as_secs_f64() / elapsed;
+    figures.client_cores = (cpu_time("self") - client_cpu).as_secs_f64() / elapsed;
     let acknowledged = writes - failed as usize;
     let _ = expected_tx.send(acknowledged);
     let mut latencies = Histogram::<u64>::new(3)?;
     for watcher in watchers {
-        let (histogram, seen) = watcher.await??;
+        let (histogram, seen, resumes) = watcher.await??;
         latencies.add(histogram)?;
+        figures.resumes += resumes;
         figures.watch.delivered += seen as u64;
         figures.watch.missing += acknowledged.saturating_sub(seen) as u64;
     }
@@ -397,6 +441,40 @@ async fn api_watch(
     figures.watch.p99_us = latencies.value_at_quantile(0.99);
     figures.peak_kib = server.memory_kib().1;
     Ok(())
+}
+
+type Body = futures::stream::BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// A watch of `url` from `version`, as a stream of body chunks.
+async fn open_watch(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    version: &str,
+) -> anyhow::Result<Body> {
+    let response = client
+        .get(format!("{url}&resourceVersion={version}"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "watch: {}",
+        response.status()
+    );
+    Ok(response.bytes_stream().boxed())
+}
+
+/// The resourceVersion of the last event in some complete watch lines.
+fn last_resource_version(lines: &[u8]) -> Option<String> {
+    const MARK: &[u8] = br#""resourceVersion":""#;
+    let found = lines.windows(MARK.len()).rposition(|w| w == MARK)?;
+    let start = found + MARK.len();
+    let digits = lines[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    (digits > 0).then(|| String::from_utf8_lossy(&lines[start..start + digits]).into_owned())
 }
 
 /// The send times in a chunk of watch events (`"sent":"<µs>"` in each object).
@@ -603,12 +681,12 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| what | delivery p50 / p99 (µs) | deliveries (missing) | failed writes | server RSS idle → with watchers (MiB) | per watcher (KiB) | peak RSS (MiB) |"
+        "| what | delivery p50 / p99 (µs) | deliveries (missing) | failed writes | slow-watcher resumes | CPU cores: server / clients | server RSS idle → with watchers (MiB) | per watcher (KiB) | peak RSS (MiB) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     let _ = writeln!(
         out,
-        "| etcd raw watch (peer) | {} / {} | {} ({}) | {} | | | |",
+        "| etcd raw watch (peer) | {} / {} | {} ({}) | {} | | | | | |",
         watch.p50_us, watch.p99_us, watch.delivered, watch.missing, watch.failed_writes
     );
     for (backend, f) in results {
@@ -616,12 +694,15 @@ fn report(
             f.with_watchers_kib.saturating_sub(f.idle_kib) as f64 / args.watchers.max(1) as f64;
         let _ = writeln!(
             out,
-            "| API server on {backend} | {} / {} | {} ({}) | {} | {:.1} → {:.1} | {:.1} | {:.1} |",
+            "| API server on {backend} | {} / {} | {} ({}) | {} | {} | {:.2} / {:.2} | {:.1} → {:.1} | {:.1} | {:.1} |",
             f.watch.p50_us,
             f.watch.p99_us,
             f.watch.delivered,
             f.watch.missing,
             f.watch.failed_writes,
+            f.resumes,
+            f.server_cores,
+            f.client_cores,
             f.idle_kib as f64 / 1024.0,
             f.with_watchers_kib as f64 / 1024.0,
             per_watcher,
@@ -641,6 +722,10 @@ mod tests {
 {"type":"ADDED","object":{"data":{"sent":"345"}}}
 "#;
         assert_eq!(sent_times(chunk), [12, 345]);
+        let lines = br#"{"object":{"metadata":{"resourceVersion":"7"}}}
+{"object":{"metadata":{"resourceVersion":"19"}}}
+"#;
+        assert_eq!(last_resource_version(lines).as_deref(), Some("19"));
         assert!(sent_times(b"{}").is_empty());
     }
 
