@@ -15,47 +15,20 @@ use flotilla_apiserver::{ApiError, ApiOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-struct Api {
-    _server: common::Server,
-    http: reqwest::Client,
-    url: String,
+use common::Api;
+
+async fn start(admission: AdmissionChain) -> Api {
+    Api::start_with(ApiOptions {
+        admission,
+        ..ApiOptions::default()
+    })
+    .await
 }
 
-impl Api {
-    async fn start(admission: AdmissionChain) -> Self {
-        let server = common::start_with(ApiOptions {
-            admission,
-            ..ApiOptions::default()
-        })
-        .await;
-        let api = Self {
-            url: server.url.clone(),
-            _server: server,
-            http: reqwest::Client::new(),
-        };
-        let (code, _) = api
-            .send(
-                Method::POST,
-                "/api/v1/namespaces",
-                json!({"metadata": {"name": "demo"}}),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED);
-        api
-    }
-
-    async fn request(&self, method: Method, path: &str, body: Value) -> reqwest::Response {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if !body.is_null() {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self.request(method, path, body).await;
-        (response.status(), response.json().await.unwrap())
-    }
+/// Sends `body` as JSON, or nothing for `null`.
+async fn send(api: &Api, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    api.send(method, path, (!body.is_null()).then_some(body))
+        .await
 }
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/demo/deployments";
@@ -79,8 +52,8 @@ fn fields(status: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn objects_are_defaulted_and_invalid_ones_refused_naming_the_fields() {
-    let api = Api::start(AdmissionChain::default()).await;
-    let (code, created) = api.send(Method::POST, DEPLOYMENTS, deployment("web")).await;
+    let api = start(AdmissionChain::default()).await;
+    let (code, created) = send(&api, Method::POST, DEPLOYMENTS, deployment("web")).await;
     assert_eq!(code, StatusCode::CREATED, "{created}");
     assert_eq!(created["spec"]["replicas"], 1);
     assert_eq!(created["spec"]["strategy"]["type"], "RollingUpdate");
@@ -96,9 +69,7 @@ async fn objects_are_defaulted_and_invalid_ones_refused_naming_the_fields() {
     let mut moved = created.clone();
     moved["spec"]["selector"] = json!({"matchLabels": {"app": "db"}});
     moved["spec"]["template"]["metadata"]["labels"] = json!({"app": "db"});
-    let (code, status) = api
-        .send(Method::PUT, &format!("{DEPLOYMENTS}/web"), moved)
-        .await;
+    let (code, status) = send(&api, Method::PUT, &format!("{DEPLOYMENTS}/web"), moved).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
     assert!(
         fields(&status).contains(&"spec.selector".to_owned()),
@@ -116,7 +87,7 @@ async fn objects_are_defaulted_and_invalid_ones_refused_naming_the_fields() {
     let mut no_selector = deployment("x");
     no_selector["metadata"]["name"] = json!("other");
     no_selector["spec"]["selector"] = Value::Null;
-    let (code, status) = api.send(Method::POST, DEPLOYMENTS, no_selector).await;
+    let (code, status) = send(&api, Method::POST, DEPLOYMENTS, no_selector).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         fields(&status).contains(&"spec.selector".to_owned()),
@@ -124,7 +95,7 @@ async fn objects_are_defaulted_and_invalid_ones_refused_naming_the_fields() {
     );
 
     let pod = json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "c", "image": ""}]}});
-    let (code, status) = api.send(Method::POST, PODS, pod).await;
+    let (code, status) = send(&api, Method::POST, PODS, pod).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     let named = fields(&status);
     assert!(named.contains(&"spec.restartPolicy".to_owned()), "{status}");
@@ -137,53 +108,53 @@ async fn objects_are_defaulted_and_invalid_ones_refused_naming_the_fields() {
 
 #[tokio::test]
 async fn dry_runs_answer_as_a_write_would_and_store_nothing() {
-    let api = Api::start(AdmissionChain::default()).await;
-    let (code, created) = api
-        .send(
-            Method::POST,
-            &format!("{CMS}?dryRun=All"),
-            json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
-        )
-        .await;
+    let api = start(AdmissionChain::default()).await;
+    let (code, created) = send(
+        &api,
+        Method::POST,
+        &format!("{CMS}?dryRun=All"),
+        json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED);
     assert_eq!(created["data"]["k"], "v");
     assert_eq!(
-        api.send(Method::GET, &format!("{CMS}/a"), Value::Null)
+        send(&api, Method::GET, &format!("{CMS}/a"), Value::Null)
             .await
             .0,
         StatusCode::NOT_FOUND
     );
 
-    let (_, stored) = api
-        .send(
-            Method::POST,
-            CMS,
-            json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
-        )
-        .await;
+    let (_, stored) = send(
+        &api,
+        Method::POST,
+        CMS,
+        json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+    )
+    .await;
     let mut changed = stored.clone();
     changed["data"]["k"] = json!("w");
-    let (code, answered) = api
-        .send(Method::PUT, &format!("{CMS}/a?dryRun=All"), changed)
-        .await;
+    let (code, answered) = send(&api, Method::PUT, &format!("{CMS}/a?dryRun=All"), changed).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(answered["data"]["k"], "w");
-    let (code, _) = api
-        .send(Method::DELETE, &format!("{CMS}/a?dryRun=All"), Value::Null)
-        .await;
+    let (code, _) = send(
+        &api,
+        Method::DELETE,
+        &format!("{CMS}/a?dryRun=All"),
+        Value::Null,
+    )
+    .await;
     assert_eq!(code, StatusCode::OK);
-    let (_, after) = api
-        .send(Method::GET, &format!("{CMS}/a"), Value::Null)
-        .await;
+    let (_, after) = send(&api, Method::GET, &format!("{CMS}/a"), Value::Null).await;
     assert_eq!(after, stored, "nothing changed");
 
-    let (code, _) = api
-        .send(
-            Method::POST,
-            &format!("{CMS}?dryRun=Some"),
-            json!({"metadata": {"name": "b"}}),
-        )
-        .await;
+    let (code, _) = send(
+        &api,
+        Method::POST,
+        &format!("{CMS}?dryRun=Some"),
+        json!({"metadata": {"name": "b"}}),
+    )
+    .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
 
@@ -254,12 +225,13 @@ async fn the_admission_seam_mutates_then_validates_and_passes_warnings_on() {
         mutating: vec![Arc::new(LabelEverything)],
         validating: vec![Arc::new(RefuseForbidden)],
     };
-    let api = Api::start(chain).await;
+    let api = start(chain).await;
     let response = api
         .request(
             Method::POST,
             CMS,
-            json!({"metadata": {"name": "a", "labels": {"keep": "yes"}}}),
+            "application/json",
+            json!({"metadata": {"name": "a", "labels": {"keep": "yes"}}}).to_string(),
         )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -274,21 +246,19 @@ async fn the_admission_seam_mutates_then_validates_and_passes_warnings_on() {
     let created: Value = response.json().await.unwrap();
     assert_eq!(created["metadata"]["labels"]["admitted"], "create");
 
-    let (code, status) = api
-        .send(
-            Method::POST,
-            CMS,
-            json!({"metadata": {"name": "forbidden"}}),
-        )
-        .await;
+    let (code, status) = send(
+        &api,
+        Method::POST,
+        CMS,
+        json!({"metadata": {"name": "forbidden"}}),
+    )
+    .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     assert_eq!(status["message"], "objects may not be named forbidden");
-    let (code, status) = api
-        .send(Method::DELETE, &format!("{CMS}/a"), Value::Null)
-        .await;
+    let (code, status) = send(&api, Method::DELETE, &format!("{CMS}/a"), Value::Null).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
     assert_eq!(
-        api.send(Method::GET, &format!("{CMS}/a"), Value::Null)
+        send(&api, Method::GET, &format!("{CMS}/a"), Value::Null)
             .await
             .0,
         StatusCode::OK

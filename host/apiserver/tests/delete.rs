@@ -8,65 +8,18 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
-struct Api {
-    _server: common::Server,
-    http: reqwest::Client,
-    url: String,
-}
+use common::Api;
 
-impl Api {
-    async fn start() -> Self {
-        let server = common::start().await;
-        let api = Self {
-            url: server.url.clone(),
-            _server: server,
-            http: reqwest::Client::new(),
-        };
-        assert_eq!(api.namespace("demo").await, StatusCode::CREATED);
-        api
-    }
-
-    async fn namespace(&self, name: &str) -> StatusCode {
-        self.send(
-            Method::POST,
-            "/api/v1/namespaces",
-            Some(json!({"metadata": {"name": name}})),
-        )
-        .await
-        .0
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let code = response.status();
-        let text = response.text().await.unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or_else(|_| json!(text)),
-        )
-    }
-
-    async fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(Method::GET, path, None).await
-    }
+async fn namespace(api: &Api, name: &str) -> StatusCode {
+    api.send(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": name}})),
+    )
+    .await
+    .0
 }
 
 const CMS: &str = "/api/v1/namespaces/demo/configmaps";
@@ -230,7 +183,7 @@ async fn delete_options_are_checked() {
 #[tokio::test]
 async fn a_deleted_namespace_terminates_then_goes_with_everything_in_it() {
     let api = Api::start().await;
-    assert_eq!(api.namespace("doomed").await, StatusCode::CREATED);
+    assert_eq!(namespace(&api, "doomed").await, StatusCode::CREATED);
     for name in ["a", "b"] {
         let (code, _) = api
             .send(
@@ -330,11 +283,14 @@ async fn yaml_bodies_are_read_and_other_formats_refused() {
     let api = Api::start().await;
     let yaml =
         b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n".to_vec();
-    let (code, created) = api.raw(CMS, "application/yaml", yaml).await;
+    let (code, created) = api
+        .send_as(Method::POST, CMS, "application/yaml", yaml)
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{created}");
     assert_eq!(created["data"]["k"], "v");
     let (code, status) = api
-        .raw(
+        .send_as(
+            Method::POST,
             CMS,
             "application/vnd.kubernetes.protobuf",
             b"k8s\0".to_vec(),
@@ -348,10 +304,17 @@ async fn yaml_bodies_are_read_and_other_formats_refused() {
     for _ in 0..200 {
         bomb.push_str("- *big\n");
     }
-    let (code, status) = api.raw(CMS, "application/yaml", bomb.into_bytes()).await;
+    let (code, status) = api
+        .send_as(Method::POST, CMS, "application/yaml", bomb.into_bytes())
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
     let (code, _) = api
-        .raw(CMS, "application/json", b"{\"metadata\":".to_vec())
+        .send_as(
+            Method::POST,
+            CMS,
+            "application/json",
+            b"{\"metadata\":".to_vec(),
+        )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }

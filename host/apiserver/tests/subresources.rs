@@ -6,52 +6,23 @@ mod common;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-struct Api {
-    _server: common::Server,
-    http: reqwest::Client,
-    url: String,
-}
+use common::Api;
 
-impl Api {
-    async fn start() -> Self {
-        let server = common::start().await;
-        let api = Self {
-            url: server.url.clone(),
-            _server: server,
-            http: reqwest::Client::new(),
-        };
-        let (code, _) = api
-            .send(
-                Method::POST,
-                "/api/v1/namespaces",
-                json!({"metadata": {"name": "demo"}}),
-                None,
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED);
-        api
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Value,
-        content_type: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if !body.is_null() {
-            request = request
-                .header("Content-Type", content_type.unwrap_or("application/json"))
-                .body(body.to_string());
-        }
-        let response = request.send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(Method::GET, path, Value::Null, None).await
-    }
+/// Sends `body` as JSON, or as `content_type`.
+async fn send(
+    api: &Api,
+    method: Method,
+    path: &str,
+    body: Value,
+    content_type: Option<&str>,
+) -> (StatusCode, Value) {
+    api.send_as(
+        method,
+        path,
+        content_type.unwrap_or("application/json"),
+        body.to_string(),
+    )
+    .await
 }
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/demo/deployments";
@@ -100,7 +71,7 @@ async fn scale_reads_and_writes_a_deployments_replicas() {
         "replicas": 3,
         "selector": {"matchLabels": {"app": "web"}},
         "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "web.wasm"}]}}}});
-    let (code, created) = api.send(Method::POST, DEPLOYMENTS, deployment, None).await;
+    let (code, created) = send(&api, Method::POST, DEPLOYMENTS, deployment, None).await;
     assert_eq!(code, StatusCode::CREATED, "{created}");
 
     let (code, scale) = api.get(&format!("{DEPLOYMENTS}/web/scale")).await;
@@ -112,14 +83,14 @@ async fn scale_reads_and_writes_a_deployments_replicas() {
 
     let mut bigger = scale.clone();
     bigger["spec"]["replicas"] = json!(5);
-    let (code, scaled) = api
-        .send(
-            Method::PUT,
-            &format!("{DEPLOYMENTS}/web/scale"),
-            bigger,
-            None,
-        )
-        .await;
+    let (code, scaled) = send(
+        &api,
+        Method::PUT,
+        &format!("{DEPLOYMENTS}/web/scale"),
+        bigger,
+        None,
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{scaled}");
     assert_eq!(scaled["spec"]["replicas"], 5);
     let (_, stored) = api.get(&format!("{DEPLOYMENTS}/web")).await;
@@ -127,14 +98,14 @@ async fn scale_reads_and_writes_a_deployments_replicas() {
     assert_eq!(stored["metadata"]["generation"], 2);
 
     // kubectl scale sends a merge patch to the subresource.
-    let (code, patched) = api
-        .send(
-            Method::PATCH,
-            &format!("{DEPLOYMENTS}/web/scale"),
-            json!({"spec": {"replicas": 2}}),
-            Some("application/merge-patch+json"),
-        )
-        .await;
+    let (code, patched) = send(
+        &api,
+        Method::PATCH,
+        &format!("{DEPLOYMENTS}/web/scale"),
+        json!({"spec": {"replicas": 2}}),
+        Some("application/merge-patch+json"),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{patched}");
     assert_eq!(
         api.get(&format!("{DEPLOYMENTS}/web")).await.1["spec"]["replicas"],
@@ -142,23 +113,23 @@ async fn scale_reads_and_writes_a_deployments_replicas() {
     );
 
     // A stale Scale and a negative count are refused.
-    let (code, _) = api
-        .send(
-            Method::PUT,
-            &format!("{DEPLOYMENTS}/web/scale"),
-            scale.clone(),
-            None,
-        )
-        .await;
+    let (code, _) = send(
+        &api,
+        Method::PUT,
+        &format!("{DEPLOYMENTS}/web/scale"),
+        scale.clone(),
+        None,
+    )
+    .await;
     assert_eq!(code, StatusCode::CONFLICT);
-    let (code, status) = api
-        .send(
-            Method::PATCH,
-            &format!("{DEPLOYMENTS}/web/scale"),
-            json!({"spec": {"replicas": -1}}),
-            Some("application/merge-patch+json"),
-        )
-        .await;
+    let (code, status) = send(
+        &api,
+        Method::PATCH,
+        &format!("{DEPLOYMENTS}/web/scale"),
+        json!({"spec": {"replicas": -1}}),
+        Some("application/merge-patch+json"),
+    )
+    .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
     assert_eq!(status["details"]["causes"][0]["field"], "spec.replicas");
     // Only scalable kinds have it.
@@ -170,25 +141,30 @@ async fn scale_reads_and_writes_a_deployments_replicas() {
 async fn binding_assigns_a_pod_once_and_eviction_deletes_it() {
     let api = Api::start().await;
     let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "app.wasm"}]}});
-    api.send(Method::POST, PODS, pod, None).await;
+    send(&api, Method::POST, PODS, pod, None).await;
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
-    let (code, status) = api
-        .send(
-            Method::POST,
-            &format!("{PODS}/p/binding"),
-            binding.clone(),
-            None,
-        )
-        .await;
+    let (code, status) = send(
+        &api,
+        Method::POST,
+        &format!("{PODS}/p/binding"),
+        binding.clone(),
+        None,
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED, "{status}");
     assert_eq!(status["status"], "Success");
     let (_, bound) = api.get(&format!("{PODS}/p")).await;
     assert_eq!(bound["spec"]["nodeName"], "n1");
     assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
     assert_eq!(bound["status"]["conditions"][0]["status"], "True");
-    let (code, status) = api
-        .send(Method::POST, &format!("{PODS}/p/binding"), binding, None)
-        .await;
+    let (code, status) = send(
+        &api,
+        Method::POST,
+        &format!("{PODS}/p/binding"),
+        binding,
+        None,
+    )
+    .await;
     assert_eq!(code, StatusCode::CONFLICT);
     assert!(
         status["message"]
@@ -199,9 +175,14 @@ async fn binding_assigns_a_pod_once_and_eviction_deletes_it() {
 
     // Eviction of a pod on a node: graceful deletion with the eviction's options.
     let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"}, "deleteOptions": {"gracePeriodSeconds": 0}});
-    let (code, status) = api
-        .send(Method::POST, &format!("{PODS}/p/eviction"), eviction, None)
-        .await;
+    let (code, status) = send(
+        &api,
+        Method::POST,
+        &format!("{PODS}/p/eviction"),
+        eviction,
+        None,
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED, "{status}");
     assert_eq!(api.get(&format!("{PODS}/p")).await.0, StatusCode::NOT_FOUND);
 }
@@ -210,7 +191,7 @@ async fn binding_assigns_a_pod_once_and_eviction_deletes_it() {
 async fn logs_name_what_is_missing() {
     let api = Api::start().await;
     let pod = json!({"metadata": {"name": "two"}, "spec": {"containers": [{"name": "a", "image": "a.wasm"}, {"name": "b", "image": "b.wasm"}]}});
-    api.send(Method::POST, PODS, pod, None).await;
+    send(&api, Method::POST, PODS, pod, None).await;
     let (code, status) = api.get(&format!("{PODS}/two/log")).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(

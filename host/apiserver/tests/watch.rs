@@ -12,80 +12,48 @@ use serde_json::{Value, json};
 
 const CMS: &str = "/api/v1/namespaces/demo/configmaps";
 
-struct Api {
-    _server: common::Server,
-    http: reqwest::Client,
-    url: String,
+use common::Api;
+
+async fn start(watch_cache: WatchCacheOptions) -> Api {
+    Api::start_with(ApiOptions {
+        watch_cache,
+        ..ApiOptions::default()
+    })
+    .await
 }
 
-impl Api {
-    async fn start(watch_cache: WatchCacheOptions) -> Self {
-        let server = common::start_with(ApiOptions {
-            watch_cache,
-            ..ApiOptions::default()
-        })
+/// Creates or changes a config map; returns its new resourceVersion.
+async fn write(api: &Api, name: &str, labels: Value, data: Value) -> String {
+    let object = json!({"metadata": {"name": name, "labels": labels}, "data": data});
+    let (code, body) = api
+        .send(
+            reqwest::Method::PUT,
+            &format!("{CMS}/{name}"),
+            Some(object.clone()),
+        )
         .await;
-        let api = Self {
-            url: server.url.clone(),
-            _server: server,
-            http: reqwest::Client::new(),
-        };
-        let (code, _) = api
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/namespaces",
-                json!({"metadata": {"name": "demo"}}),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED);
-        api
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
-    }
-
-    /// Creates or changes a config map; returns its new resourceVersion.
-    async fn write(&self, name: &str, labels: Value, data: Value) -> String {
-        let object = json!({"metadata": {"name": name, "labels": labels}, "data": data});
-        let (code, body) = self
-            .send(
-                reqwest::Method::PUT,
-                &format!("{CMS}/{name}"),
-                object.clone(),
-            )
-            .await;
-        let (code, body) = if code == StatusCode::NOT_FOUND {
-            self.send(reqwest::Method::POST, CMS, object).await
-        } else {
-            (code, body)
-        };
-        assert!(code.is_success(), "{code}: {body}");
-        body["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn watch(&self, query: &str) -> Events {
-        let response = self
-            .http
-            .get(format!("{}{CMS}?watch=true&{query}", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        events(response)
-    }
+    let (code, body) = if code == StatusCode::NOT_FOUND {
+        api.send(reqwest::Method::POST, CMS, Some(object)).await
+    } else {
+        (code, body)
+    };
+    assert!(code.is_success(), "{code}: {body}");
+    body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
+async fn watch(api: &Api, query: &str) -> Events {
+    let response = api
+        .http
+        .get(format!("{}{CMS}?watch=true&{query}", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    events(response)
+}
 type Events = futures::stream::BoxStream<'static, Value>;
 
 fn events(response: reqwest::Response) -> Events {
@@ -131,47 +99,45 @@ fn pair(kind: &str, name: &str) -> (String, String) {
 
 #[tokio::test]
 async fn objects_entering_and_leaving_a_selection_are_added_and_deleted() {
-    let api = Api::start(WatchCacheOptions::default()).await;
-    let mut web = api.watch("labelSelector=app%3Dweb").await;
-    api.write("x", json!({"app": "db"}), json!({"n": "0"}))
-        .await;
-    api.write("x", json!({"app": "web"}), json!({"n": "0"}))
-        .await;
+    let api = start(WatchCacheOptions::default()).await;
+    let mut web = watch(&api, "labelSelector=app%3Dweb").await;
+    write(&api, "x", json!({"app": "db"}), json!({"n": "0"})).await;
+    write(&api, "x", json!({"app": "web"}), json!({"n": "0"})).await;
     assert_eq!(next_event(&mut web).await, pair("ADDED", "x"));
-    api.write("x", json!({"app": "web"}), json!({"n": "1"}))
-        .await;
+    write(&api, "x", json!({"app": "web"}), json!({"n": "1"})).await;
     assert_eq!(next_event(&mut web).await, pair("MODIFIED", "x"));
-    api.write("x", json!({"app": "db"}), json!({"n": "1"}))
-        .await;
+    write(&api, "x", json!({"app": "db"}), json!({"n": "1"})).await;
     let left = next(&mut web).await.unwrap();
     assert_eq!(left["type"], "DELETED");
     assert_eq!(left["object"]["metadata"]["labels"]["app"], "db");
-    api.write("y", json!({"app": "web"}), json!({})).await;
+    write(&api, "y", json!({"app": "web"}), json!({})).await;
     assert_eq!(next_event(&mut web).await, pair("ADDED", "y"));
 }
 
 #[tokio::test]
 async fn initial_events_end_with_a_bookmark_and_bookmarks_follow_progress() {
-    let api = Api::start(WatchCacheOptions {
+    let api = start(WatchCacheOptions {
         bookmark_interval: Duration::from_millis(200),
         ..WatchCacheOptions::default()
     })
     .await;
-    api.write("a", json!({}), json!({})).await;
-    let b = api.write("b", json!({}), json!({})).await;
+    write(&api, "a", json!({}), json!({})).await;
+    let b = write(&api, "b", json!({}), json!({})).await;
 
     let (code, status) = api
         .send(
             reqwest::Method::GET,
             &format!("{CMS}?watch=1&sendInitialEvents=true"),
-            json!(null),
+            None,
         )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
 
-    let mut events = api
-        .watch("sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
-        .await;
+    let mut events = watch(
+        &api,
+        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+    )
+    .await;
     assert_eq!(next_event(&mut events).await, pair("ADDED", "a"));
     assert_eq!(next_event(&mut events).await, pair("ADDED", "b"));
     let end = next(&mut events).await.unwrap();
@@ -188,7 +154,7 @@ async fn initial_events_end_with_a_bookmark_and_bookmarks_follow_progress() {
         .unwrap();
     assert!(end_rv >= b.parse().unwrap());
 
-    let c = api.write("c", json!({}), json!({})).await;
+    let c = write(&api, "c", json!({}), json!({})).await;
     assert_eq!(next_event(&mut events).await, pair("ADDED", "c"));
     // The next bookmark points at the last change seen.
     let bookmark = next(&mut events).await.unwrap();
@@ -201,18 +167,18 @@ async fn initial_events_end_with_a_bookmark_and_bookmarks_follow_progress() {
 
 #[tokio::test]
 async fn a_resume_older_than_the_cache_reads_the_store_history() {
-    let api = Api::start(WatchCacheOptions {
+    let api = start(WatchCacheOptions {
         history: 4,
         ..WatchCacheOptions::default()
     })
     .await;
     // The cache exists (a watcher started it) before the changes, and keeps only the last 4.
-    let _cache_user = api.watch("").await;
-    let first = api.write("a", json!({}), json!({"n": "0"})).await;
+    let _cache_user = watch(&api, "").await;
+    let first = write(&api, "a", json!({}), json!({"n": "0"})).await;
     for n in 1..=10 {
-        api.write("a", json!({}), json!({"n": n.to_string()})).await;
+        write(&api, "a", json!({}), json!({"n": n.to_string()})).await;
     }
-    let mut events = api.watch(&format!("resourceVersion={first}")).await;
+    let mut events = watch(&api, &format!("resourceVersion={first}")).await;
     for n in 1..=10 {
         let event = next(&mut events).await.unwrap();
         assert_eq!(event["type"], "MODIFIED");
@@ -222,19 +188,20 @@ async fn a_resume_older_than_the_cache_reads_the_store_history() {
 
 #[tokio::test]
 async fn a_slow_watcher_is_cut_off_and_resumes_without_a_gap() {
-    let api = Api::start(WatchCacheOptions {
+    let api = start(WatchCacheOptions {
         history: 8,
         buffer: 8,
         ..WatchCacheOptions::default()
     })
     .await;
-    let start = api.write("big", json!({}), json!({"n": "0"})).await;
-    let mut slow = api.watch(&format!("resourceVersion={start}")).await;
+    let start = write(&api, "big", json!({}), json!({"n": "0"})).await;
+    let mut slow = watch(&api, &format!("resourceVersion={start}")).await;
     // Far more than the socket buffers hold, written while the watcher reads nothing.
     let filler = "x".repeat(256 * 1024);
     const CHANGES: usize = 80;
     for n in 1..=CHANGES {
-        api.write(
+        write(
+            &api,
             "big",
             json!({}),
             json!({"n": n.to_string(), "filler": filler}),
@@ -263,7 +230,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_a_gap() {
         seen.len()
     );
     // It resumes from the last resourceVersion it saw and misses nothing.
-    let mut resumed = api.watch(&format!("resourceVersion={last_rv}")).await;
+    let mut resumed = watch(&api, &format!("resourceVersion={last_rv}")).await;
     while seen.last() != Some(&CHANGES) {
         let event = next(&mut resumed)
             .await
@@ -281,11 +248,11 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_a_gap() {
 
 #[tokio::test]
 async fn metrics_count_requests_and_watchers() {
-    let api = Api::start(WatchCacheOptions::default()).await;
-    api.write("a", json!({}), json!({})).await;
+    let api = start(WatchCacheOptions::default()).await;
+    write(&api, "a", json!({}), json!({})).await;
     let mut watchers = Vec::new();
     for _ in 0..3 {
-        let mut events = api.watch("").await;
+        let mut events = watch(&api, "").await;
         assert_eq!(next_event(&mut events).await, pair("ADDED", "a"));
         watchers.push(events);
     }

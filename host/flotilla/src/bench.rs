@@ -68,14 +68,7 @@ struct Figures {
 }
 
 pub async fn store(args: StoreBenchArgs) -> anyhow::Result<()> {
-    let base = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir()?,
-    };
-    let scratch = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir_in(&base)
-        .with_context(|| format!("cannot create a scratch directory in {}", base.display()))?;
+    let scratch = scratch_dir(args.dir.as_deref())?;
     let fsync = measure_fsync(scratch.path())?;
     eprintln!(
         "disk: fdatasync p50 {} µs, p99 {} µs",
@@ -245,12 +238,20 @@ pub(crate) async fn concurrent_creates(
             anyhow::Ok(latencies)
         }));
     }
+    let latencies = merge(tasks).await?;
+    let rate = (per_writer * writers) as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, latencies))
+}
+
+/// The latencies of every task, merged.
+pub(crate) async fn merge(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
+) -> anyhow::Result<Histogram<u64>> {
     let mut latencies = Histogram::<u64>::new(3)?;
     for task in tasks {
         latencies.add(task.await??)?;
     }
-    let rate = (per_writer * writers) as f64 / started.elapsed().as_secs_f64();
-    Ok((rate, latencies))
+    Ok(latencies)
 }
 
 /// The load of a watch fan-out run.
@@ -367,6 +368,19 @@ pub(crate) async fn watch_latency(
     figures.p50_us = latencies.value_at_quantile(0.5);
     figures.p99_us = latencies.value_at_quantile(0.99);
     Ok(figures)
+}
+
+/// A scratch directory for a benchmark's data inside `dir` (default: the current directory),
+/// removed when dropped.
+pub(crate) fn scratch_dir(dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    let base = match dir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot create a scratch directory in {}", base.display()))
 }
 
 /// fdatasync latency of the disk under `dir`, for the report.

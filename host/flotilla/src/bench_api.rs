@@ -142,21 +142,22 @@ impl ServerProcess {
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
+}
 
-    async fn post(
-        &self,
-        client: &reqwest::Client,
-        path: &str,
-        body: String,
-    ) -> anyhow::Result<reqwest::Response> {
-        Ok(client
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await?)
-    }
+/// POSTs a JSON body with the token.
+async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(url)
+        .bearer_auth(token)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
 }
 
 /// User plus system CPU time of a process (`self` or a pid), from /proc.
@@ -259,13 +260,7 @@ async fn api_creates(
             for i in 0..per_client {
                 let body = template.replace("__NAME__", &format!("pod-{c:03}-{i:06}"));
                 let t = Instant::now();
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("Content-Type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
+                let response = post_json(&client, &url, &token, body).await?;
                 anyhow::ensure!(
                     response.status() == reqwest::StatusCode::CREATED,
                     "create answered {}: {}",
@@ -278,10 +273,7 @@ async fn api_creates(
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = Histogram::<u64>::new(3)?;
-    for task in tasks {
-        latencies.add(task.await??)?;
-    }
+    let latencies = bench::merge(tasks).await?;
     let rate = (per_client * clients) as f64 / started.elapsed().as_secs_f64();
     Ok(CreateFigures::new(rate, &latencies))
 }
@@ -289,7 +281,8 @@ async fn api_creates(
 async fn create_namespace(server: &ServerProcess, name: &str) -> anyhow::Result<()> {
     let client = server.client()?;
     let body = format!(r#"{{"metadata":{{"name":"{name}"}}}}"#);
-    let response = server.post(&client, "/api/v1/namespaces", body).await?;
+    let url = format!("{}/api/v1/namespaces", server.url);
+    let response = post_json(&client, &url, &server.token, body).await?;
     anyhow::ensure!(
         response.status().is_success(),
         "namespace {name}: {}",
@@ -399,13 +392,7 @@ async fn api_watch(
             let sent = epoch.elapsed().as_micros() as u64;
             let body =
                 format!(r#"{{"metadata":{{"name":"w-{i:06}"}},"data":{{"sent":"{sent}"}}}}"#);
-            let response = client
-                .post(&url)
-                .bearer_auth(&token)
-                .header("Content-Type", "application/json")
-                .body(body)
-                .send()
-                .await?;
+            let response = post_json(&client, &url, &token, body).await?;
             anyhow::ensure!(
                 response.status() == reqwest::StatusCode::CREATED,
                 "write: {}",
@@ -529,14 +516,7 @@ async fn run_api(
 }
 
 pub async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
-    let base = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir()?,
-    };
-    let scratch = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir_in(&base)
-        .with_context(|| format!("cannot create a scratch directory in {}", base.display()))?;
+    let scratch = bench::scratch_dir(args.dir.as_deref())?;
     let fsync = bench::measure_fsync(scratch.path())?;
     let template = pod_template(args.pod_bytes);
     let value = Bytes::from(template.clone());

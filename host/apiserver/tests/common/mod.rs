@@ -38,3 +38,100 @@ pub async fn start_on(store: SharedStore, options: ApiOptions, dir: tempfile::Te
         _dir: dir,
     }
 }
+
+/// A client of a test server, with the `demo` namespace made.
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub struct Api {
+    pub server: Server,
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+impl Api {
+    pub async fn start() -> Self {
+        Self::start_with(ApiOptions::default()).await
+    }
+
+    pub async fn start_with(options: ApiOptions) -> Self {
+        Self::on(start_with(options).await).await
+    }
+
+    pub async fn on(server: Server) -> Self {
+        let api = Self {
+            url: server.url.clone(),
+            server,
+            http: reqwest::Client::new(),
+        };
+        let (code, body) = api
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/namespaces",
+                Some(serde_json::json!({"metadata": {"name": "demo"}})),
+            )
+            .await;
+        assert_eq!(code, reqwest::StatusCode::CREATED, "{body}");
+        api
+    }
+
+    /// Sends `body` as `content_type`.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends `body` (if any) as JSON; the status code and the answer (a JSON string if it is
+    /// not JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = match body {
+            Some(body) => {
+                self.request(method, path, "application/json", body.to_string())
+                    .await
+            }
+            None => self
+                .http
+                .request(method, format!("{}{path}", self.url))
+                .send()
+                .await
+                .unwrap(),
+        };
+        answer(response).await
+    }
+
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        answer(self.request(method, path, content_type, body).await).await
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+}
+
+async fn answer(response: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let code = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (code, value)
+}
