@@ -322,6 +322,61 @@ fn store_benchmark_reports_both_backends() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+#[test]
+fn api_benchmark_reports_creates_and_fan_out_next_to_etcd() {
+    if !etcd_tests_enabled() {
+        eprintln!("etcd tests are disabled: set FLOTILLA_ETCD_TESTS=1 to run them");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FLOTILLA)
+        .args(["bench", "api", "--backend", "both", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--serial-creates",
+            "20",
+            "--concurrent-creates",
+            "64",
+            "--clients",
+            "4",
+        ])
+        .args([
+            "--watchers",
+            "6",
+            "--watch-connections",
+            "2",
+            "--watch-rate",
+            "100",
+        ])
+        .args(["--watch-seconds", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "| etcd raw put (peer) |",
+        "| API server on embedded |",
+        "| API server on etcd |",
+    ] {
+        assert!(stdout.contains(row), "{row} in {stdout}");
+    }
+    // Every watcher saw every write: 6 watchers x 100 writes, none missing, on both backends.
+    let fan_out: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| API server on") && l.contains("| 600 (0) | 0 |"))
+        .collect();
+    assert_eq!(fan_out.len(), 2, "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the scratch data is removed"
+    );
+}
+
 /// Runs the real kubectl with the admin kubeconfig a server wrote, and nothing else.
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let output = Command::new("kubectl")
