@@ -1,5 +1,5 @@
 //! The Kubernetes object model as Flotilla's API server needs it, as pure code: label and field
-//! selectors, name validation with Kubernetes' messages, merge and JSON patches,
+//! selectors, name validation with Kubernetes' messages, merge, JSON and strategic merge patches,
 //! `metav1.Status` errors, and per-kind defaulting ([`defaults`]) and validation ([`objects`]) of
 //! objects in Kubernetes' JSON wire format, with the field paths and cause messages Kubernetes
 //! gives.
@@ -13,6 +13,7 @@ pub mod objects;
 pub mod patch;
 pub mod selector;
 pub mod status;
+pub mod strategic;
 pub mod validation;
 
 pub use defaults::apply_defaults;
@@ -20,3 +21,4 @@ pub use objects::validate;
 pub use patch::{PatchError, json_patch, merge_patch};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{Status, StatusCause, StatusReason};
+pub use strategic::{Schemas, strategic_merge_patch};

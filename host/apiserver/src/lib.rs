@@ -86,6 +86,9 @@ pub struct ApiServer {
     watches: watch::WatchCaches,
     metrics: metrics::Metrics,
     admission: admission::AdmissionChain,
+    /// The schemas of the served kinds, and the OpenAPI v3 documents made from them.
+    schemas: flotilla_schema::Registry,
+    openapi: flotilla_schema::Documents,
     /// The server itself, for work it starts in the background.
     me: std::sync::Weak<ApiServer>,
     /// Namespaces whose contents are being deleted.
@@ -180,10 +183,16 @@ impl ApiServer {
     }
 
     pub fn with_options(store: SharedStore, options: ApiOptions) -> Arc<Self> {
+        let resources = resources::builtin();
+        let schemas = flotilla_schema::Registry::builtin();
+        let served: Vec<_> = resources.iter().map(ResourceDef::served).collect();
+        let openapi = flotilla_schema::Documents::build(&schemas, &served);
         Arc::new_cyclic(|me| Self {
+            schemas,
+            openapi,
             me: me.clone(),
             terminating: Default::default(),
-            resources: resources::builtin(),
+            resources,
             reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
             writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),
             authenticator: options.authenticator,
@@ -202,6 +211,8 @@ impl ApiServer {
             .route("/api", get(api_versions))
             .route("/apis", get(api_groups))
             .route("/metrics", get(metrics_text))
+            .route("/openapi/v3", get(openapi_index))
+            .route("/openapi/v3/{*path}", get(openapi_document))
             .fallback(rest)
             .with_state(self.clone());
         match &self.authenticator {
@@ -275,6 +286,13 @@ impl ApiServer {
         });
     }
 
+    /// The schema of a kind, if the server has one.
+    fn schema_of(&self, gvk: flotilla_schema::Gvk) -> Option<&Value> {
+        self.schemas
+            .definition_of(&gvk)
+            .and_then(|name| self.schemas.definition(name))
+    }
+
     /// Ends every watch: the server is stopping.
     pub fn close_watches(&self) {
         self.watches.close();
@@ -308,6 +326,61 @@ async fn metrics_text(State(server): State<Arc<ApiServer>>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    response
+}
+
+async fn openapi_index(State(server): State<Arc<ApiServer>>) -> Response {
+    let mut response = Response::new(Body::from(server.openapi.index().to_owned()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    response
+}
+
+/// One group version's OpenAPI document. Asked for by its current hash it may be cached for
+/// good; asked for by an old hash it redirects to the current one, as Kubernetes does.
+async fn openapi_document(
+    State(server): State<Arc<ApiServer>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    let Some((hash, document)) = server.openapi.document(&path) else {
+        return not_found_path(request.uri().path()).into_response();
+    };
+    let query = query_params(request.uri().query());
+    let asked = query
+        .iter()
+        .find(|(k, _)| k == "hash")
+        .map(|(_, v)| v.as_str());
+    if asked.is_some_and(|asked| asked != hash) {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        if let Ok(location) = HeaderValue::from_str(&format!("/openapi/v3/{path}?hash={hash}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
+    let mut response = Response::new(Body::from(document.to_owned()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let cache = if asked.is_some() {
+        "public, immutable, max-age=31536000"
+    } else {
+        "no-cache, private"
+    };
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{hash}\"")) {
+        headers.insert(header::ETAG, etag);
+    }
     response
 }
 
@@ -1283,18 +1356,6 @@ fn initial_status(resource: &ResourceDef) -> Option<Value> {
     }
 }
 
-/// Whether a strategic merge patch needs more than merge-patch semantics: list merging by key or
-/// `$`-directives. Those are refused until strategic merge is served, rather than misapplied.
-fn needs_strategic_merge(patch: &Value) -> bool {
-    match patch {
-        Value::Array(_) => true,
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| k.starts_with('$') || needs_strategic_merge(v)),
-        _ => false,
-    }
-}
-
 /// What a write through a path sees and changes: the object itself, or (through `…/scale`) its
 /// autoscaling/v1 Scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1309,6 +1370,16 @@ impl View {
         match self {
             View::Object => Ok(object.clone()),
             View::Scale => subresources::scale_of(object),
+        }
+    }
+
+    /// The group, version and kind of what the view shows.
+    fn gvk(self, resource: &ResourceDef) -> flotilla_schema::Gvk {
+        match self {
+            View::Object => {
+                flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind)
+            }
+            View::Scale => flotilla_schema::Gvk::new("autoscaling", "v1", "Scale"),
         }
     }
 
@@ -1344,39 +1415,41 @@ async fn patch(
         ))
     };
     match media_type {
-        "application/merge-patch+json" | "application/json-patch+json" => {}
-        "application/strategic-merge-patch+json" if !needs_strategic_merge(&patch) => {}
-        "application/strategic-merge-patch+json" => {
-            return Err(unsupported(
-                "strategic merge patches of lists or with $-directives are not supported yet;                  use --type=merge or --type=json"
-                    .into(),
-            ));
-        }
+        "application/merge-patch+json"
+        | "application/json-patch+json"
+        | "application/strategic-merge-patch+json" => {}
         other => {
             return Err(unsupported(format!(
                 "the media type {other:?} is not a supported patch type (application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json)"
             )));
         }
     }
+    let schema = server.schema_of(view.gvk(target.resource));
     let mut attempt = 0;
     loop {
         attempt += 1;
         let current = current_object(server, target).await?;
         let stored = decode(&current)?;
         let mut object = view.of(&stored)?;
-        if media_type == "application/json-patch+json" {
-            flotilla_api::json_patch(&mut object, &patch).map_err(|e| match e {
-                flotilla_api::PatchError::Malformed(_) => {
-                    ApiError::from(Status::bad_request(e.to_string()))
-                }
-                flotilla_api::PatchError::DoesNotApply(_) => ApiError::from(Status::new(
-                    flotilla_api::StatusReason::Invalid,
-                    e.to_string(),
-                )),
-            })?;
-        } else {
-            flotilla_api::merge_patch(&mut object, &patch);
-        }
+        let patched = match media_type {
+            "application/json-patch+json" => flotilla_api::json_patch(&mut object, &patch),
+            "application/strategic-merge-patch+json" => {
+                flotilla_api::strategic_merge_patch(&mut object, &patch, &server.schemas, schema)
+            }
+            _ => {
+                flotilla_api::merge_patch(&mut object, &patch);
+                Ok(())
+            }
+        };
+        patched.map_err(|e| match e {
+            flotilla_api::PatchError::Malformed(_) => {
+                ApiError::from(Status::bad_request(e.to_string()))
+            }
+            flotilla_api::PatchError::DoesNotApply(_) => ApiError::from(Status::new(
+                flotilla_api::StatusReason::Invalid,
+                e.to_string(),
+            )),
+        })?;
         let object = view.apply(target.resource, stored, object)?;
         match replace(server, target, &current, object).await {
             Ok(object) => return Ok(json_body(&view.of(&object)?)),

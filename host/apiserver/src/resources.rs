@@ -120,6 +120,22 @@ impl ResourceDef {
         all
     }
 
+    /// How the OpenAPI documents describe this resource.
+    pub fn served(&self) -> flotilla_schema::ServedResource {
+        flotilla_schema::ServedResource {
+            group: self.group.to_owned(),
+            version: self.version.to_owned(),
+            kind: self.kind.to_owned(),
+            plural: self.plural.to_owned(),
+            namespaced: self.namespaced,
+            subresources: self
+                .subresources()
+                .iter()
+                .map(|s| s.name.to_owned())
+                .collect(),
+        }
+    }
+
     /// Whether objects of this resource have the subresource `name`.
     pub fn has_subresource(&self, name: &str) -> bool {
         self.subresources().iter().any(|s| s.name == name)

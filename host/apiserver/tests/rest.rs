@@ -513,11 +513,11 @@ async fn merge_json_and_simple_strategic_patches_apply() {
         &c,
         &path,
         "application/strategic-merge-patch+json",
-        json!({"spec": {"containers": [{"name": "x"}]}}),
+        json!({"data": {"$patch": "explode"}}),
     )
     .await;
-    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert!(status["message"].as_str().unwrap().contains("--type=merge"));
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(status["message"].as_str().unwrap().contains("explode"), "{status}");
     let (code, _) = patch(&c, &path, "text/plain", json!({})).await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let (code, _) = patch(
