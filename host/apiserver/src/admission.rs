@@ -101,12 +101,28 @@ impl AdmissionChain {
     }
 }
 
+/// How a write treats fields the kind does not have, or fields given twice
+/// (`fieldValidation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them with a warning (Kubernetes' default).
+    #[default]
+    Warn,
+    /// Refuse the write with 400 naming them.
+    Strict,
+}
+
 /// What one request carries through the write path.
 #[derive(Debug, Default)]
 pub(crate) struct RequestContext {
     pub user: Option<UserInfo>,
     pub dry_run: bool,
+    pub field_validation: FieldValidation,
     pub warnings: Mutex<Vec<String>>,
+    /// Fields the request body gave more than once.
+    pub duplicates: Mutex<Vec<String>>,
 }
 
 tokio::task_local! {
@@ -121,6 +137,23 @@ pub(crate) async fn scope<F: Future>(context: Arc<RequestContext>, work: F) -> F
 /// Whether the current request is a dry run (work the server does on its own never is).
 pub(crate) fn dry_run() -> bool {
     REQUEST.try_with(|r| r.dry_run).unwrap_or(false)
+}
+
+/// How the current request treats unknown and duplicate fields.
+pub(crate) fn field_validation() -> FieldValidation {
+    REQUEST.try_with(|r| r.field_validation).unwrap_or_default()
+}
+
+/// Notes fields the current request's body gave more than once.
+pub(crate) fn note_duplicates(fields: Vec<String>) {
+    let _ = REQUEST.try_with(|r| r.duplicates.lock().expect("duplicates lock").extend(fields));
+}
+
+/// The duplicate fields noted so far, taken.
+pub(crate) fn take_duplicates() -> Vec<String> {
+    REQUEST
+        .try_with(|r| std::mem::take(&mut *r.duplicates.lock().expect("duplicates lock")))
+        .unwrap_or_default()
 }
 
 /// Who sent the current request.

@@ -3,7 +3,7 @@
 //! without limit (a "billion laughs" bomb); decoding counts every node and byte as it is built,
 //! aliases included, and refuses a document once that passes [`EXPANDED_LIMIT`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use flotilla_api::{Status, StatusReason};
@@ -33,48 +33,102 @@ fn media_type(content_type: &str) -> Result<&'static str, ApiError> {
     }
 }
 
+/// A decoded body, and the fields it gave more than once (`metadata.name`).
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub value: Value,
+    pub duplicates: Vec<String>,
+}
+
 /// Decodes a JSON body.
 pub(crate) fn parse(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::from(Status::bad_request(format!(
-            "the request body is not valid JSON: {e}"
-        )))
-    })
+    decode_json(body).map(|d| d.value)
 }
 
 /// Decodes a body sent with `content_type`.
 pub(crate) fn parse_as(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    decode(content_type, body).map(|d| d.value)
+}
+
+/// Decodes a body sent with `content_type`, noting duplicate fields.
+pub(crate) fn decode(content_type: &str, body: &[u8]) -> Result<Decoded, ApiError> {
     match media_type(content_type)? {
-        "yaml" => parse_yaml(body),
-        _ => parse(body),
+        "yaml" => decode_yaml(body),
+        _ => decode_json(body),
     }
 }
 
+fn decode_json(body: &[u8]) -> Result<Decoded, ApiError> {
+    let state = State::default();
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = Bounded { state: &state }
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| {
+            ApiError::from(Status::bad_request(format!(
+                "the request body is not valid JSON: {e}"
+            )))
+        })?;
+    Ok(state.into_decoded(value))
+}
+
 /// Decodes one YAML document within [`EXPANDED_LIMIT`].
-pub(crate) fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    let budget = Cell::new(EXPANDED_LIMIT);
+fn decode_yaml(body: &[u8]) -> Result<Decoded, ApiError> {
+    let state = State::default();
     let deserializer = serde_yaml::Deserializer::from_slice(body);
-    Bounded { budget: &budget }
+    let value = Bounded { state: &state }
         .deserialize(deserializer)
         .map_err(|e| {
             ApiError::from(Status::bad_request(format!(
                 "the request body is not valid YAML: {e}"
             )))
-        })
+        })?;
+    Ok(state.into_decoded(value))
+}
+
+#[cfg(test)]
+fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    decode_yaml(body).map(|d| d.value)
+}
+
+/// What decoding keeps track of: the budget left, where it is, and the duplicate fields.
+struct State {
+    budget: Cell<usize>,
+    path: RefCell<Vec<String>>,
+    duplicates: RefCell<Vec<String>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            budget: Cell::new(EXPANDED_LIMIT),
+            path: RefCell::default(),
+            duplicates: RefCell::default(),
+        }
+    }
+}
+
+impl State {
+    fn into_decoded(self, value: Value) -> Decoded {
+        Decoded {
+            value,
+            duplicates: self.duplicates.into_inner(),
+        }
+    }
 }
 
 /// A JSON value decoder that charges every node against a shared budget.
 #[derive(Clone, Copy)]
 struct Bounded<'a> {
-    budget: &'a Cell<usize>,
+    state: &'a State,
 }
 
 impl Bounded<'_> {
     fn charge<E: serde::de::Error>(&self, bytes: usize) -> Result<(), E> {
         let cost = bytes.saturating_add(NODE_COST);
-        match self.budget.get().checked_sub(cost) {
+        match self.state.budget.get().checked_sub(cost) {
             Some(left) => {
-                self.budget.set(left);
+                self.state.budget.set(left);
                 Ok(())
             }
             None => Err(E::custom(format!(
@@ -163,8 +217,13 @@ impl<'de> Visitor<'de> for Bounded<'_> {
                 Value::Bool(_) | Value::Number(_) | Value::Null => key.to_string(),
                 _ => return Err(serde::de::Error::custom("mapping keys must be scalars")),
             };
-            let value = map.next_value_seed(self)?;
-            object.insert(key, value);
+            self.state.path.borrow_mut().push(key.clone());
+            let value = map.next_value_seed(self);
+            let path = self.state.path.borrow().join(".");
+            self.state.path.borrow_mut().pop();
+            if object.insert(key, value?).is_some() {
+                self.state.duplicates.borrow_mut().push(path);
+            }
         }
         Ok(Value::Object(object))
     }
@@ -182,6 +241,18 @@ mod tests {
             parse_as("application/yaml", yaml).unwrap(),
             parse_as("", json).unwrap()
         );
+    }
+
+    #[test]
+    fn duplicate_fields_are_noted_with_their_paths() {
+        let decoded = decode(
+            "application/json",
+            br#"{"metadata":{"name":"a","name":"b"},"data":{"k":"1"},"data":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(decoded.duplicates, ["metadata.name", "data"]);
+        assert_eq!(decoded.value["metadata"]["name"], "b");
+        assert!(decode("application/json", b"{} trailing").is_err());
     }
 
     #[test]

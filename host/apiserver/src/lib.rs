@@ -665,10 +665,21 @@ fn request_context(
             )));
         }
     };
+    let field_validation = match query.get("fieldValidation") {
+        None | Some("") | Some("Warn") => admission::FieldValidation::Warn,
+        Some("Ignore") => admission::FieldValidation::Ignore,
+        Some("Strict") => admission::FieldValidation::Strict,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+            )));
+        }
+    };
     Ok(admission::RequestContext {
         user: request.extensions().get::<authn::UserInfo>().cloned(),
         dry_run,
-        warnings: Default::default(),
+        field_validation,
+        ..Default::default()
     })
 }
 
@@ -1064,7 +1075,9 @@ fn parse_object(
     body: &[u8],
     resource: &ResourceDef,
 ) -> Result<Value, ApiError> {
-    let object = body::parse_as(content_type, body)?;
+    let decoded = body::decode(content_type, body)?;
+    admission::note_duplicates(decoded.duplicates);
+    let object = decoded.value;
     if !object.is_object() {
         return Err(ApiError::from(Status::bad_request(
             "the request body must be a JSON object",
@@ -1212,6 +1225,44 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     }
 }
 
+/// Fields the kind does not have are dropped, with a warning or (`fieldValidation=Strict`) a 400
+/// naming them and any field the body gave twice.
+fn check_fields(
+    server: &ApiServer,
+    resource: &ResourceDef,
+    object: &mut Value,
+) -> Result<(), ApiError> {
+    let gvk = flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind);
+    let Some(schema) = server.schema_of(gvk) else {
+        return Ok(());
+    };
+    let problems: Vec<String> = admission::take_duplicates()
+        .into_iter()
+        .map(|field| format!("duplicate field {field:?}"))
+        .chain(
+            server
+                .schemas
+                .prune_unknown(schema, object)
+                .into_iter()
+                .map(|field| format!("unknown field {field:?}")),
+        )
+        .collect();
+    match admission::field_validation() {
+        _ if problems.is_empty() => Ok(()),
+        admission::FieldValidation::Ignore => Ok(()),
+        admission::FieldValidation::Warn => {
+            problems.into_iter().for_each(admission::warn);
+            Ok(())
+        }
+        admission::FieldValidation::Strict => Err(bad_request(format!(
+            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+            problems.join(", "),
+            kind = resource.kind,
+            version = resource.version,
+        ))),
+    }
+}
+
 /// Defaulting, mutating admission, validation and validating admission, in Kubernetes' order.
 async fn admit(
     server: &ApiServer,
@@ -1219,6 +1270,7 @@ async fn admit(
     object: &mut Value,
 ) -> Result<(), ApiError> {
     let resource = request.resource;
+    check_fields(server, resource, object)?;
     flotilla_api::apply_defaults(resource.group, resource.kind, object);
     server.admission.mutate(request, object).await?;
     let causes = flotilla_api::validate(resource.group, resource.kind, object, request.old_object);
@@ -1402,11 +1454,9 @@ async fn patch(
     content_type: &str,
     body: Bytes,
 ) -> ApiResult {
-    let patch: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::from(Status::bad_request(format!(
-            "the patch is not valid JSON: {e}"
-        )))
-    })?;
+    let decoded = body::decode("application/json", &body)?;
+    admission::note_duplicates(decoded.duplicates);
+    let patch = decoded.value;
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
     let unsupported = |why: String| {
         ApiError::from(Status::new(

@@ -517,7 +517,10 @@ async fn merge_json_and_simple_strategic_patches_apply() {
     )
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    assert!(status["message"].as_str().unwrap().contains("explode"), "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("explode"),
+        "{status}"
+    );
     let (code, _) = patch(&c, &path, "text/plain", json!({})).await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let (code, _) = patch(

@@ -149,6 +149,65 @@ impl Registry {
             .unwrap_or(schema)
     }
 
+    /// Removes the fields of `value` that `schema` does not know, returning their paths
+    /// (`spec.replcas`, `spec.containers[0].imagee`), as Kubernetes drops what its types do
+    /// not have. Objects whose schema lists no properties (free-form maps, raw extensions) and
+    /// schemas that preserve unknown fields are left alone.
+    pub fn prune_unknown(&self, schema: &Value, value: &mut Value) -> Vec<String> {
+        let mut unknown = Vec::new();
+        self.prune(schema, value, &mut String::new(), &mut unknown);
+        unknown
+    }
+
+    fn prune(&self, schema: &Value, value: &mut Value, path: &mut String, out: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        if schema["x-kubernetes-preserve-unknown-fields"] == json!(true) {
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                let properties = schema["properties"].as_object().filter(|p| !p.is_empty());
+                let values = schema.get("additionalProperties").filter(|a| a.is_object());
+                let keys: Vec<String> = map.keys().cloned().collect();
+                for key in keys {
+                    let field = match (properties, values) {
+                        (Some(properties), _) => properties.get(&key),
+                        (None, Some(values)) => Some(values),
+                        (None, None) => return,
+                    };
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&key);
+                    match field {
+                        Some(field) => {
+                            if let Some(child) = map.get_mut(&key) {
+                                self.prune(field, child, path, out);
+                            }
+                        }
+                        None => {
+                            map.remove(&key);
+                            out.push(path.clone());
+                        }
+                    }
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        let len = path.len();
+                        path.push_str(&format!("[{i}]"));
+                        self.prune(item_schema, item, path, out);
+                        path.truncate(len);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The schema of a property of an object schema (resolved), and the property's own schema
     /// (with its patch metadata).
     pub fn property<'a>(&'a self, object: &'a Value, name: &str) -> Option<&'a Value> {
@@ -256,6 +315,37 @@ mod tests {
             .definition("io.k8s.api.apps.v1.DeploymentSpec")
             .unwrap()["properties"]["strategy"];
         assert_eq!(strategy["x-kubernetes-patch-strategy"], "retainKeys");
+    }
+
+    #[test]
+    fn unknown_fields_are_pruned_and_named() {
+        let registry = Registry::builtin();
+        let name = registry
+            .definition_of(&Gvk::new("apps", "v1", "Deployment"))
+            .unwrap();
+        let schema = json!({"$ref": format!("{REF_PREFIX}{name}")});
+        let mut deployment = json!({
+            "metadata": {"name": "web", "labels": {"any": "label"}, "colour": "red"},
+            "spec": {
+                "replcas": 3,
+                "template": {"spec": {"containers": [{"name": "c", "imagee": "x", "resources": {"limits": {"cpu": "1"}}}]}},
+            },
+        });
+        let unknown = registry.prune_unknown(&schema, &mut deployment);
+        assert_eq!(
+            unknown,
+            [
+                "metadata.colour",
+                "spec.replcas",
+                "spec.template.spec.containers[0].imagee"
+            ]
+        );
+        assert_eq!(deployment["metadata"]["labels"]["any"], "label");
+        assert!(deployment["spec"].get("replcas").is_none());
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
     }
 
     #[test]
