@@ -61,6 +61,28 @@ def main(kubeconfig):
         raise AssertionError("a deleted config map is still readable")
     except client.exceptions.ApiException as e:
         assert e.status == 404, e.status
+
+    # A dict patch is a strategic merge patch: containers merge by name.
+    apps = client.AppsV1Api(api)
+    container = lambda name, image: client.V1Container(name=name, image=image)
+    apps.create_namespaced_deployment(
+        "py",
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name="web"),
+            spec=client.V1DeploymentSpec(
+                selector=client.V1LabelSelector(match_labels={"app": "web"}),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels={"app": "web"}),
+                    spec=client.V1PodSpec(containers=[container("web", "web:1"), container("log", "log:1")]),
+                ),
+            ),
+        ),
+    )
+    patched = apps.patch_namespaced_deployment(
+        "web", "py", {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web:2"}]}}}}
+    )
+    images = {c.name: c.image for c in patched.spec.template.spec.containers}
+    assert images == {"web": "web:2", "log": "log:1"}, images
     print("python client: ok")
 
 
