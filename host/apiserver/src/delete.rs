@@ -312,7 +312,7 @@ pub(crate) async fn finalize_namespace(
     namespace: &str,
 ) -> Result<(), ApiError> {
     let namespaced: Vec<ResourceDef> = server
-        .resources
+        .resources()
         .iter()
         .filter(|r| r.namespaced)
         .cloned()

@@ -77,7 +77,9 @@ pub const KUBERNETES_MINOR: &str = "32";
 #[derive(Debug)]
 pub struct ApiServer {
     store: SharedStore,
-    resources: Vec<ResourceDef>,
+    /// The served resources; replaced whole when custom resources come and go, so a request
+    /// works on one consistent snapshot.
+    resources: std::sync::RwLock<Arc<Vec<ResourceDef>>>,
     /// In-flight limits, as Kubernetes' `--max-requests-inflight` and
     /// `--max-mutating-requests-inflight`. Watches are long-running and not counted.
     reads: tokio::sync::Semaphore,
@@ -192,7 +194,7 @@ impl ApiServer {
             openapi,
             me: me.clone(),
             terminating: Default::default(),
-            resources,
+            resources: std::sync::RwLock::new(Arc::new(resources)),
             reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
             writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),
             authenticator: options.authenticator,
@@ -232,7 +234,7 @@ impl ApiServer {
             .expect("namespaces are served");
         for name in SYSTEM_NAMESPACES {
             let target = Target {
-                resource,
+                resource: &resource,
                 namespace: None,
                 name: None,
                 subresource: None,
@@ -298,10 +300,16 @@ impl ApiServer {
         self.watches.close();
     }
 
-    fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
-        self.resources
+    /// The served resources as they are now.
+    pub(crate) fn resources(&self) -> Arc<Vec<ResourceDef>> {
+        self.resources.read().expect("resources lock").clone()
+    }
+
+    fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+        self.resources()
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
     }
 }
 
@@ -393,8 +401,8 @@ async fn api_versions() -> Response {
 }
 
 async fn api_groups(State(server): State<Arc<ApiServer>>) -> Response {
-    let mut groups: Vec<(&str, &str)> = server
-        .resources
+    let resources = server.resources();
+    let mut groups: Vec<(&str, &str)> = resources
         .iter()
         .filter(|r| !r.group.is_empty())
         .map(|r| (r.group, r.version))
@@ -414,7 +422,7 @@ async fn api_groups(State(server): State<Arc<ApiServer>>) -> Response {
 /// The resources of one group version, for discovery.
 fn resource_list(server: &ApiServer, group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Value> = server
-        .resources
+        .resources()
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .flat_map(|r| {
@@ -477,7 +485,7 @@ fn not_found_path(path: &str) -> ApiError {
 }
 
 /// Resolves `/api/v1/...` and `/apis/<group>/<version>/...` paths.
-fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, ApiError> {
+fn resolve<'a>(resources: &'a [ResourceDef], path: &str) -> Result<Option<Target<'a>>, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -485,8 +493,9 @@ fn resolve<'a>(server: &'a ApiServer, path: &str) -> Result<Option<Target<'a>>, 
         _ => return Err(not_found_path(path)),
     };
     let lookup = |plural: &str| {
-        server
-            .find(group, version, plural)
+        resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
             .ok_or_else(|| not_found_path(path))
     };
     // `namespaces/<ns>/<plural>…` is inside a namespace, unless it names a subresource of the
@@ -760,7 +769,8 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let Some(target) = resolve(server, &path)? else {
+    let resources = server.resources();
+    let Some(target) = resolve(&resources, &path)? else {
         // A group version's discovery document.
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (group, version) = match segments.as_slice() {
