@@ -14,6 +14,7 @@ pub mod patch;
 pub mod selector;
 pub mod status;
 pub mod strategic;
+pub mod structural;
 pub mod validation;
 
 pub use defaults::apply_defaults;
@@ -22,3 +23,4 @@ pub use patch::{PatchError, json_patch, merge_patch};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{Status, StatusCause, StatusReason};
 pub use strategic::{Schemas, strategic_merge_patch};
+pub use structural::{apply_schema_defaults, validate_against};

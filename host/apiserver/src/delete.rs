@@ -317,12 +317,29 @@ pub(crate) async fn finalize_namespace(
         .filter(|r| r.namespaced)
         .cloned()
         .collect();
+    delete_everything(server, &namespaced, Some(namespace)).await?;
+    remove_namespace_finalizer(server, namespace).await
+}
+
+/// Deletes every object of `resources` (in `namespace`, or everywhere) and waits until they are
+/// gone: pods may stop gracefully and finalizers may hold objects for a while.
+pub(crate) async fn delete_everything(
+    server: &ApiServer,
+    resources: &[ResourceDef],
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    // Versions of one custom resource share their storage: visit each prefix once.
+    let mut seen = std::collections::HashSet::new();
+    let resources: Vec<&ResourceDef> = resources
+        .iter()
+        .filter(|r| seen.insert(r.prefix(namespace)))
+        .collect();
     loop {
         // Watch from now, so that whatever changes after this pass wakes the next one.
         let from = server.store.current_revision().await? + 1;
         let mut remaining = 0;
-        for resource in &namespaced {
-            let prefix = resource.prefix(Some(namespace));
+        for resource in &resources {
+            let prefix = resource.prefix(namespace);
             let page = server.store.range(RangeRequest::prefix(&prefix)).await?;
             for kv in &page.kvs {
                 remaining += 1;
@@ -337,12 +354,11 @@ pub(crate) async fn finalize_namespace(
             }
         }
         if remaining == 0 {
-            break;
+            return Ok(());
         }
         let mut changes = server.store.watch("/registry/", from).await?;
         let _ = changes.next().await;
     }
-    remove_namespace_finalizer(server, namespace).await
 }
 
 async fn remove_namespace_finalizer(server: &ApiServer, namespace: &str) -> Result<(), ApiError> {

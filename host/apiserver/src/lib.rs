@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 pub mod admission;
 pub mod authn;
 mod body;
+mod crd;
 mod delete;
 pub mod kubeconfig;
 mod metrics;
@@ -51,7 +52,8 @@ struct Output {
 }
 
 impl Output {
-    fn one(&self, resource: &ResourceDef, object: Value) -> Value {
+    fn one(&self, resource: &ResourceDef, mut object: Value) -> Value {
+        served_version(resource, &mut object);
         match self.table {
             Some(include) => {
                 let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
@@ -65,6 +67,13 @@ impl Output {
 /// The namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// A custom resource is stored at one version and served at each: only `apiVersion` differs.
+fn served_version(resource: &ResourceDef, object: &mut Value) {
+    if resource.custom.is_some() {
+        object["apiVersion"] = json!(resource.api_version());
+    }
+}
 
 /// Requests larger than this are refused with 413, as Kubernetes does.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -88,9 +97,11 @@ pub struct ApiServer {
     watches: watch::WatchCaches,
     metrics: metrics::Metrics,
     admission: admission::AdmissionChain,
-    /// The schemas of the served kinds, and the OpenAPI v3 documents made from them.
-    schemas: flotilla_schema::Registry,
-    openapi: flotilla_schema::Documents,
+    /// The schemas of the served kinds (the built-in ones, plus custom resources), and the
+    /// OpenAPI v3 documents made from them; replaced whole when custom resources change.
+    base_schemas: flotilla_schema::Registry,
+    schemas: std::sync::RwLock<Arc<flotilla_schema::Registry>>,
+    openapi: std::sync::RwLock<Arc<flotilla_schema::Documents>>,
     /// The server itself, for work it starts in the background.
     me: std::sync::Weak<ApiServer>,
     /// Namespaces whose contents are being deleted.
@@ -190,8 +201,9 @@ impl ApiServer {
         let served: Vec<_> = resources.iter().map(ResourceDef::served).collect();
         let openapi = flotilla_schema::Documents::build(&schemas, &served);
         Arc::new_cyclic(|me| Self {
-            schemas,
-            openapi,
+            schemas: std::sync::RwLock::new(Arc::new(schemas.clone())),
+            base_schemas: schemas,
+            openapi: std::sync::RwLock::new(Arc::new(openapi)),
             me: me.clone(),
             terminating: Default::default(),
             resources: std::sync::RwLock::new(Arc::new(resources)),
@@ -260,7 +272,7 @@ impl ApiServer {
                 self.terminate_namespace(name.to_owned());
             }
         }
-        Ok(())
+        self.reload_custom_resources().await
     }
 
     /// Deletes what is in a terminating namespace, then the namespace, in the background.
@@ -288,11 +300,14 @@ impl ApiServer {
         });
     }
 
-    /// The schema of a kind, if the server has one.
-    fn schema_of(&self, gvk: flotilla_schema::Gvk) -> Option<&Value> {
-        self.schemas
-            .definition_of(&gvk)
-            .and_then(|name| self.schemas.definition(name))
+    /// The schemas as they are now.
+    fn schemas(&self) -> Arc<flotilla_schema::Registry> {
+        self.schemas.read().expect("schemas lock").clone()
+    }
+
+    /// The OpenAPI documents as they are now.
+    fn openapi(&self) -> Arc<flotilla_schema::Documents> {
+        self.openapi.read().expect("openapi lock").clone()
     }
 
     /// Ends every watch: the server is stopping.
@@ -338,7 +353,7 @@ async fn metrics_text(State(server): State<Arc<ApiServer>>) -> Response {
 }
 
 async fn openapi_index(State(server): State<Arc<ApiServer>>) -> Response {
-    let mut response = Response::new(Body::from(server.openapi.index().to_owned()));
+    let mut response = Response::new(Body::from(server.openapi().index().to_owned()));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -358,7 +373,8 @@ async fn openapi_document(
     axum::extract::Path(path): axum::extract::Path<String>,
     request: Request,
 ) -> Response {
-    let Some((hash, document)) = server.openapi.document(&path) else {
+    let openapi = server.openapi();
+    let Some((hash, document)) = openapi.document(&path) else {
         return not_found_path(request.uri().path()).into_response();
     };
     let query = query_params(request.uri().query());
@@ -402,18 +418,25 @@ async fn api_versions() -> Response {
 
 async fn api_groups(State(server): State<Arc<ApiServer>>) -> Response {
     let resources = server.resources();
-    let mut groups: Vec<(&str, &str)> = resources
-        .iter()
-        .filter(|r| !r.group.is_empty())
-        .map(|r| (r.group, r.version))
-        .collect();
-    groups.sort();
-    groups.dedup();
+    // Each group once, with its versions in the order they were declared; the first is
+    // preferred.
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in resources.iter().filter(|r| !r.group.is_empty()) {
+        match groups.iter_mut().find(|(group, _)| *group == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => groups.push((r.group, vec![r.version])),
+        }
+    }
+    groups.sort_by_key(|(group, _)| *group);
     let groups: Vec<Value> = groups
         .into_iter()
-        .map(|(group, version)| {
-            let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-            json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                .collect();
+            json!({"name": group, "versions": versions, "preferredVersion": versions[0]})
         })
         .collect();
     json_body(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
@@ -811,7 +834,8 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
             (_, method) => Err(method_not_allowed(&method, &path)),
         };
     }
-    match (method, target.name.is_some()) {
+    let writes = !matches!(method, Method::GET | Method::HEAD);
+    let result = match (method, target.name.is_some()) {
         (Method::GET, false) if query.flag("watch") => watch(server, &target, &query, output).await,
         (Method::GET, false) => list(server, &target, &query, output).await,
         (Method::GET, true) => get_object(server, &target, output).await,
@@ -841,7 +865,12 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
             delete_collection(server, &target, &query, body).await
         }
         (method, _) => Err(method_not_allowed(&method, &path)),
+    };
+    // A definition changed: its resources are served (or not) before the answer goes out.
+    if writes && result.is_ok() && crd::is_definitions(target.resource) {
+        server.reload_custom_resources().await?;
     }
+    result
 }
 
 fn method_not_allowed(method: &Method, path: &str) -> ApiError {
@@ -1048,6 +1077,8 @@ async fn list(server: &ApiServer, target: &Target<'_>, query: &Query, output: Ou
         for kv in &page.kvs {
             let object = decode(kv)?;
             if matches(&object, &labels, &fields) {
+                let mut object = object;
+                served_version(target.resource, &mut object);
                 items.push(object);
             }
         }
@@ -1199,6 +1230,17 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     }
     metadata["name"] = json!(name);
     metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    if crd::is_definitions(resource) {
+        // A definition goes only after its objects: the clean-up removes this.
+        let mut finalizers = metadata["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !finalizers.contains(&json!(crd::CLEANUP_FINALIZER)) {
+            finalizers.push(json!(crd::CLEANUP_FINALIZER));
+        }
+        metadata["finalizers"] = json!(finalizers);
+    }
     if let Some(status) = initial_status(resource) {
         object["status"] = status;
     }
@@ -1243,15 +1285,18 @@ fn check_fields(
     object: &mut Value,
 ) -> Result<(), ApiError> {
     let gvk = flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind);
-    let Some(schema) = server.schema_of(gvk) else {
+    let schemas = server.schemas();
+    let Some(schema) = schemas
+        .definition_of(&gvk)
+        .and_then(|name| schemas.definition(name))
+    else {
         return Ok(());
     };
     let problems: Vec<String> = admission::take_duplicates()
         .into_iter()
         .map(|field| format!("duplicate field {field:?}"))
         .chain(
-            server
-                .schemas
+            schemas
                 .prune_unknown(schema, object)
                 .into_iter()
                 .map(|field| format!("unknown field {field:?}")),
@@ -1283,7 +1328,15 @@ async fn admit(
     check_fields(server, resource, object)?;
     flotilla_api::apply_defaults(resource.group, resource.kind, object);
     server.admission.mutate(request, object).await?;
-    let causes = flotilla_api::validate(resource.group, resource.kind, object, request.old_object);
+    let mut causes =
+        flotilla_api::validate(resource.group, resource.kind, object, request.old_object);
+    if let Some(schema) = resource.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+        flotilla_api::apply_schema_defaults(schema, object);
+        causes.extend(flotilla_api::validate_against(schema, object, ""));
+    }
+    if crd::is_definitions(resource) {
+        causes.extend(crd::validate(object));
+    }
     if !causes.is_empty() {
         return Err(ApiError::from(Status::invalid(
             resource.group,
@@ -1484,7 +1537,16 @@ async fn patch(
             )));
         }
     }
-    let schema = server.schema_of(view.gvk(target.resource));
+    if target.resource.custom.is_some() && media_type == "application/strategic-merge-patch+json" {
+        return Err(unsupported(
+            "strategic merge patch is not supported for custom resources; use application/merge-patch+json or application/json-patch+json".into(),
+        ));
+    }
+    let schemas = server.schemas();
+    let gvk = view.gvk(target.resource);
+    let schema = schemas
+        .definition_of(&gvk)
+        .and_then(|name| schemas.definition(name));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -1494,7 +1556,7 @@ async fn patch(
         let patched = match media_type {
             "application/json-patch+json" => flotilla_api::json_patch(&mut object, &patch),
             "application/strategic-merge-patch+json" => {
-                flotilla_api::strategic_merge_patch(&mut object, &patch, &server.schemas, schema)
+                flotilla_api::strategic_merge_patch(&mut object, &patch, schemas.as_ref(), schema)
             }
             _ => {
                 flotilla_api::merge_patch(&mut object, &patch);

@@ -97,11 +97,11 @@ impl Metrics {
     }
 
     /// The text exposition, with the watcher counts as they are now.
-    pub fn render(&self, watchers: &[(&'static str, usize)]) -> String {
+    pub fn render(&self, watchers: &[(String, usize)]) -> String {
         for (resource, count) in watchers {
             self.watchers
                 .get_or_create(&WatcherLabels {
-                    resource: (*resource).to_owned(),
+                    resource: resource.clone(),
                 })
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
@@ -215,7 +215,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record("create", "pods", 201, Duration::from_millis(3));
         metrics.record("create", "pods", 201, Duration::from_millis(30));
-        let text = metrics.render(&[("pods", 7)]);
+        let text = metrics.render(&[("pods".to_owned(), 7)]);
         assert!(
             text.contains(r#"apiserver_request_total{verb="create",resource="pods",code="201"} 2"#),
             "{text}"

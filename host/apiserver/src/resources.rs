@@ -1,5 +1,10 @@
 //! The kinds the API server serves, each a small declaration. The REST machinery is generic over
-//! them; adding a kind is adding an entry here.
+//! them; adding a kind is adding an entry here. Custom resources (`crd.rs`) are declarations
+//! too, made from their CustomResourceDefinitions at run time.
+
+use std::sync::Arc;
+
+use serde_json::Value;
 
 /// One served resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +23,44 @@ pub struct ResourceDef {
     /// Whether `status` is a subresource: writes to the object leave it alone, writes to
     /// `…/status` change nothing else.
     pub has_status: bool,
+    /// What a custom resource's definition adds; `None` for built-in kinds.
+    pub custom: Option<Arc<CustomKind>>,
 }
+
+/// What a CustomResourceDefinition says of one served version beyond names and scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomKind {
+    /// The version objects are stored at.
+    pub storage_version: &'static str,
+    /// The version's `openAPIV3Schema`.
+    pub schema: Option<Value>,
+    /// `additionalPrinterColumns`.
+    pub columns: Vec<PrinterColumn>,
+    /// The scale subresource's paths, when it has one.
+    pub scale: Option<ScalePaths>,
+}
+
+/// A column `kubectl get` prints for a custom resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterColumn {
+    pub name: String,
+    pub kind: String,
+    pub format: String,
+    pub description: String,
+    pub priority: u8,
+    /// A simple JSONPath: `.spec.replicas`.
+    pub json_path: String,
+}
+
+/// Where a custom resource keeps what its Scale shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
+impl Eq for CustomKind {}
 
 /// The verbs every served resource supports.
 pub const VERBS: &[&str] = &[
@@ -90,7 +132,15 @@ impl ResourceDef {
         if self.has_status {
             all.push(own("status", READ_WRITE));
         }
+        let custom_scale = self.custom.as_ref().is_some_and(|c| c.scale.is_some());
         match (self.group, self.plural) {
+            _ if custom_scale => all.push(Subresource {
+                name: "scale",
+                group: "autoscaling",
+                version: "v1",
+                kind: "Scale",
+                verbs: READ_WRITE,
+            }),
             ("apps", "deployments" | "replicasets" | "statefulsets") => all.push(Subresource {
                 name: "scale",
                 group: "autoscaling",
@@ -133,6 +183,7 @@ impl ResourceDef {
                 .iter()
                 .map(|s| s.name.to_owned())
                 .collect(),
+            strategic_merge: self.custom.is_none(),
         }
     }
 
@@ -198,6 +249,7 @@ const fn grouped(
         namespaced: true,
         categories,
         has_status,
+        custom: None,
     }
 }
 
@@ -222,6 +274,7 @@ const fn core(
             plural.as_bytes(),
             b"pods" | b"services" | b"nodes" | b"namespaces"
         ),
+        custom: None,
     }
 }
 
@@ -308,6 +361,18 @@ pub fn builtin() -> Vec<ResourceDef> {
             &[],
             false,
         ),
+        ResourceDef {
+            namespaced: false,
+            ..grouped(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+                "customresourcedefinition",
+                &["crd", "crds"],
+                &["api-extensions"],
+                true,
+            )
+        },
         grouped(
             "coordination.k8s.io",
             "Lease",

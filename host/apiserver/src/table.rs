@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::resources::ResourceDef;
+use crate::resources::{PrinterColumn, ResourceDef};
 
 /// What a Table row carries besides its cells (`includeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -662,6 +662,46 @@ fn row(object: &Value, columns: &[Column], include: IncludeObject, now: SystemTi
     row
 }
 
+/// A Table of custom resources with their definition's printer columns.
+fn custom_table(
+    printer: &[PrinterColumn],
+    objects: &[Value],
+    list_metadata: Value,
+    include: IncludeObject,
+) -> Value {
+    let now = SystemTime::now();
+    let mut definitions = vec![json!({
+        "name": NAME.name, "type": NAME.kind, "format": NAME.format,
+        "description": NAME.description, "priority": 0,
+    })];
+    definitions.extend(printer.iter().map(|c| {
+        json!({"name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority})
+    }));
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|object| {
+            let mut cells = vec![name_cell(object, now)];
+            cells.extend(printer.iter().map(|c| {
+                match (crate::crd::json_path(object, &c.json_path), c.kind.as_str()) {
+                    (Some(Value::String(when)), "date") => json!(age(Some(when), now)),
+                    (Some(value), _) => value.clone(),
+                    (None, _) => Value::Null,
+                }
+            }));
+            let mut row = row(object, &[], include, now);
+            row["cells"] = json!(cells);
+            row
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
 /// A Table of `objects` with the resource's columns.
 pub fn table(
     resource: &ResourceDef,
@@ -669,6 +709,9 @@ pub fn table(
     list_metadata: Value,
     include: IncludeObject,
 ) -> Value {
+    if let Some(custom) = resource.custom.as_ref().filter(|c| !c.columns.is_empty()) {
+        return custom_table(&custom.columns, objects, list_metadata, include);
+    }
     let columns = columns(resource);
     let now = SystemTime::now();
     let definitions: Vec<Value> = columns

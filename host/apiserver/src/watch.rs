@@ -142,7 +142,8 @@ struct CacheState {
 pub(crate) struct WatchCaches {
     store: SharedStore,
     options: WatchCacheOptions,
-    caches: tokio::sync::Mutex<HashMap<&'static str, Arc<KindCache>>>,
+    /// By the kind's storage prefix (versions of a custom resource share one).
+    caches: tokio::sync::Mutex<HashMap<String, Arc<KindCache>>>,
     /// Cancelled when the server stops: every watch ends.
     closing: CancellationToken,
 }
@@ -255,8 +256,13 @@ pub(crate) struct WatchSpec {
 }
 
 impl WatchSpec {
+    /// Whether this watcher sees every change as it is stored: no selectors, no table, and not
+    /// a custom resource (whose objects are shown at the version watched).
     fn everything(&self) -> bool {
-        self.labels.is_empty() && self.fields.is_empty() && self.output.table.is_none()
+        self.labels.is_empty()
+            && self.fields.is_empty()
+            && self.output.table.is_none()
+            && self.resource.custom.is_none()
     }
 
     fn matches(&self, object: &Value) -> bool {
@@ -319,12 +325,21 @@ impl WatchCaches {
         self.closing.cancel();
     }
 
-    /// How many watchers each kind has, by plural.
-    pub async fn watchers(&self) -> Vec<(&'static str, usize)> {
+    /// How many watchers each kind has, by resource (`pods`, `crontabs.stable.example.com`).
+    pub async fn watchers(&self) -> Vec<(String, usize)> {
         let caches = self.caches.lock().await;
         let mut counts: Vec<_> = caches
             .iter()
-            .map(|(plural, cache)| (*plural, cache.watchers.load(Ordering::Relaxed)))
+            .map(|(prefix, cache)| {
+                let stored = prefix
+                    .trim_start_matches("/registry/")
+                    .trim_end_matches('/');
+                let resource = match stored.split_once('/') {
+                    Some((group, plural)) => format!("{plural}.{group}"),
+                    None => stored.to_owned(),
+                };
+                (resource, cache.watchers.load(Ordering::Relaxed))
+            })
             .collect();
         counts.sort();
         counts
@@ -333,13 +348,14 @@ impl WatchCaches {
     /// The cache of `resource`, starting its store watch if it has none running.
     async fn cache(&self, resource: &ResourceDef) -> Result<Arc<KindCache>, ApiError> {
         let mut caches = self.caches.lock().await;
-        if let Some(cache) = caches.get(resource.plural)
+        let prefix = resource.prefix(None);
+        if let Some(cache) = caches.get(&prefix)
             && cache.state.lock().expect("cache lock").sender.is_some()
         {
             return Ok(cache.clone());
         }
         let from = self.store.current_revision().await? + 1;
-        let events = self.store.watch(&resource.prefix(None), from).await?;
+        let events = self.store.watch(&prefix, from).await?;
         let (sender, _) = broadcast::channel(self.options.buffer.max(1));
         let cache = Arc::new(KindCache {
             state: Mutex::new(CacheState {
@@ -355,7 +371,7 @@ impl WatchCaches {
             self.options.history,
             self.closing.clone(),
         ));
-        caches.insert(resource.plural, cache.clone());
+        caches.insert(prefix, cache.clone());
         Ok(cache)
     }
 

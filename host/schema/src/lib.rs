@@ -73,6 +73,8 @@ impl Registry {
             "networking.k8s.io" "v1": networking::v1::Ingress;
             "discovery.k8s.io" "v1": discovery::v1::EndpointSlice;
             "coordination.k8s.io" "v1": coordination::v1::Lease;
+            "apiextensions.k8s.io" "v1":
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         }
         // Lists are one generic type in Rust; their schemas are made below.
         let listed: Vec<(Gvk, String)> =
@@ -88,7 +90,10 @@ impl Registry {
         for (gvk, definition) in listed {
             let list = Gvk::new(&gvk.group, &gvk.version, &format!("{}List", gvk.kind));
             let name = format!("{definition}List");
-            schemas.insert(name.clone(), list_schema(&gvk.kind, &definition));
+            let mut schema = list_schema(&gvk.kind, &definition);
+            schema["x-kubernetes-group-version-kind"] =
+                json!([{"group": list.group, "version": list.version, "kind": list.kind}]);
+            schemas.insert(name.clone(), schema);
             kinds.insert(list, name);
         }
         let mut registry = Self { schemas, kinds };
@@ -104,7 +109,9 @@ impl Registry {
             wrap_references(schema);
         }
         for (gvk, name) in &self.kinds {
-            if let Some(schema) = self.schemas.get_mut(name) {
+            if let Some(schema) = self.schemas.get_mut(name)
+                && schema.get("x-kubernetes-group-version-kind").is_none()
+            {
                 schema["x-kubernetes-group-version-kind"] = json!([{
                     "group": gvk.group, "version": gvk.version, "kind": gvk.kind,
                 }]);
@@ -121,6 +128,38 @@ impl Registry {
             };
             meta.annotate(property);
         }
+    }
+
+    /// Adds a kind defined at run time (a custom resource) with its schema, and its list.
+    pub fn insert_kind(&mut self, gvk: Gvk, definition: String, mut schema: Value) {
+        wrap_references(&mut schema);
+        let standard = json!({
+            "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
+            "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
+            "metadata": {
+                "allOf": [{"$ref": format!("{REF_PREFIX}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")}],
+                "description": "Standard object's metadata.",
+            },
+        });
+        if !schema.is_object() {
+            schema = json!({"type": "object"});
+        }
+        for (field, property) in standard.as_object().into_iter().flatten() {
+            if schema["properties"].get(field).is_none() {
+                schema["properties"][field] = property.clone();
+            }
+        }
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": gvk.group, "version": gvk.version, "kind": gvk.kind}]);
+        let list = Gvk::new(&gvk.group, &gvk.version, &format!("{}List", gvk.kind));
+        let mut list_schema = list_schema(&gvk.kind, &definition);
+        list_schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": list.group, "version": list.version, "kind": list.kind}]);
+        self.schemas
+            .insert(format!("{definition}List"), list_schema);
+        self.kinds.insert(list, format!("{definition}List"));
+        self.schemas.insert(definition.clone(), schema);
+        self.kinds.insert(gvk, definition);
     }
 
     /// Every definition, by name.
@@ -243,6 +282,13 @@ impl flotilla_api::Schemas for Registry {
     }
 }
 
+/// The definition name Kubernetes gives a custom kind: its group reversed, then version and kind
+/// (`stable.example.com`, `v1`, `CronTab` → `com.example.stable.v1.CronTab`).
+pub fn custom_definition_name(gvk: &Gvk) -> String {
+    let group: Vec<&str> = gvk.group.split('.').rev().collect();
+    format!("{}.{}.{}", group.join("."), gvk.version, gvk.kind)
+}
+
 /// `io.k8s.api.core.v1.Pod` → `Pod`.
 fn short_name(definition: &str) -> &str {
     definition.rsplit('.').next().unwrap_or(definition)
@@ -252,9 +298,9 @@ fn short_name(definition: &str) -> &str {
 fn wrap_references(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            if map.len() > 1
-                && let Some(reference) = map.remove("$ref")
-            {
+            // Only a string is a reference: JSONSchemaProps has a *property* named `$ref`.
+            if map.len() > 1 && map.get("$ref").is_some_and(Value::is_string) {
+                let reference = map.remove("$ref");
                 map.insert("allOf".into(), json!([{"$ref": reference}]));
             }
             for value in map.values_mut() {
@@ -346,6 +392,15 @@ mod tests {
             deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
             "1"
         );
+    }
+
+    #[test]
+    fn properties_named_ref_are_not_references() {
+        let registry = Registry::builtin();
+        let props = registry
+            .definition("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps")
+            .unwrap();
+        assert_eq!(props["properties"]["$ref"]["type"], "string");
     }
 
     #[test]

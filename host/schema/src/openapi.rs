@@ -20,6 +20,9 @@ pub struct ServedResource {
     pub namespaced: bool,
     /// `status`, `scale`, `binding`, `eviction`, `log`.
     pub subresources: Vec<String>,
+    /// Whether strategic merge patches are accepted (custom resources take merge and JSON
+    /// patches only, and kubectl chooses its patch type by what the document lists).
+    pub strategic_merge: bool,
 }
 
 impl ServedResource {
@@ -235,13 +238,16 @@ fn body(definition: &str) -> Value {
     json!({"content": {"*/*": {"schema": reference(definition)}}, "required": true})
 }
 
-fn patch_body() -> Value {
+fn patch_body(resource: &ServedResource) -> Value {
     let object = json!({"schema": {"type": "object"}});
-    json!({"content": {
+    let mut content = json!({
         "application/json-patch+json": object,
         "application/merge-patch+json": object,
-        "application/strategic-merge-patch+json": object,
-    }, "required": true})
+    });
+    if resource.strategic_merge {
+        content["application/strategic-merge-patch+json"] = object;
+    }
+    json!({"content": content, "required": true})
 }
 
 /// `/api/v1/namespaces/{namespace}/pods` or `/apis/apps/v1/deployments`.
@@ -341,7 +347,7 @@ fn resource_paths(
             &gvk,
             definition,
             write_parameters(),
-            Some(patch_body()),
+            Some(patch_body(resource)),
         ),
     );
     on_item.insert(
@@ -414,7 +420,7 @@ fn subresource_paths(
                     &gvk,
                     served,
                     write_parameters(),
-                    Some(patch_body()),
+                    Some(patch_body(resource)),
                 ),
             );
         }
@@ -438,6 +444,7 @@ mod tests {
             plural: "pods".into(),
             namespaced: true,
             subresources: vec!["status".into(), "binding".into()],
+            strategic_merge: true,
         }
     }
 
