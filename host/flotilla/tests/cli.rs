@@ -802,6 +802,128 @@ spec:
 }
 
 #[test]
+fn kubectl_applies_a_custom_resource_definition_and_its_resources() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let crd = dir.path().join("crd.yaml");
+    std::fs::write(
+        &crd,
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab, shortNames: [ct]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Spec, type: string, jsonPath: .spec.cronSpec}
+    - {name: Image, type: string, jsonPath: .spec.image}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [cronSpec]
+            properties:
+              cronSpec: {type: string}
+              image: {type: string, default: cron.wasm}
+",
+    )
+    .unwrap();
+    let applied = run(&["apply", "-f", crd.to_str().unwrap()]);
+    assert!(
+        applied.contains(
+            "customresourcedefinition.apiextensions.k8s.io/crontabs.stable.example.com created"
+        ),
+        "{applied}"
+    );
+
+    let tab = dir.path().join("tab.yaml");
+    let write_tab = |spec: &str| {
+        std::fs::write(
+            &tab,
+            format!("apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: nightly\nspec:\n  cronSpec: \"{spec}\"\n"),
+        )
+        .unwrap()
+    };
+    write_tab("0 3 * * *");
+    assert_eq!(
+        run(&["apply", "-f", tab.to_str().unwrap()]).trim(),
+        "crontab.stable.example.com/nightly created"
+    );
+
+    // get -w while it changes: the printer columns, on each event.
+    let mut watcher = Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .args(["get", "ct", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        let line = lines_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("kubectl get -w prints in time");
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(next(), ["EVENT", "NAME", "SPEC", "IMAGE"]);
+    assert_eq!(
+        next(),
+        ["ADDED", "nightly", "0", "3", "*", "*", "*", "cron.wasm"]
+    );
+    write_tab("0 4 * * *");
+    assert_eq!(
+        run(&["apply", "-f", tab.to_str().unwrap()]).trim(),
+        "crontab.stable.example.com/nightly configured"
+    );
+    assert_eq!(
+        next(),
+        ["MODIFIED", "nightly", "0", "4", "*", "*", "*", "cron.wasm"]
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
+    // An invalid object is refused naming the field; deleting the definition takes its objects.
+    std::fs::write(
+        &tab,
+        "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: broken\nspec: {}\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["apply", "-f", tab.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains("spec.cronSpec: Required value"),
+        "{stderr}"
+    );
+    run(&["delete", "-f", crd.to_str().unwrap(), "--timeout=60s"]);
+    // kubectl may still have the resource in its discovery cache; the server has not.
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["get", "crontabs"]);
+    assert!(
+        !ok && (stderr.contains("doesn't have a resource type")
+            || stderr.contains("could not find the requested resource")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_official_python_client_works_against_up() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(&[
