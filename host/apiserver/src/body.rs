@@ -24,10 +24,11 @@ fn media_type(content_type: &str) -> Result<&'static str, ApiError> {
     match content_type.split(';').next().unwrap_or_default().trim() {
         "" | "application/json" | "*/*" => Ok("json"),
         "application/yaml" | "application/x-yaml" | "text/yaml" => Ok("yaml"),
+        crate::protobuf::MEDIA_TYPE => Ok("protobuf"),
         other => Err(ApiError::from(Status::new(
             StatusReason::UnsupportedMediaType,
             format!(
-                "the body of the request was in an unknown format ({other:?}) - accepted media types include: application/json, application/yaml"
+                "the body of the request was in an unknown format ({other:?}) - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
             ),
         ))),
     }
@@ -54,6 +55,10 @@ pub(crate) fn parse_as(content_type: &str, body: &[u8]) -> Result<Value, ApiErro
 pub(crate) fn decode(content_type: &str, body: &[u8]) -> Result<Decoded, ApiError> {
     match media_type(content_type)? {
         "yaml" => decode_yaml(body),
+        "protobuf" => Ok(Decoded {
+            value: crate::protobuf::decode(body)?,
+            duplicates: Vec::new(),
+        }),
         _ => decode_json(body),
     }
 }
@@ -257,7 +262,7 @@ mod tests {
 
     #[test]
     fn unknown_media_types_are_415() {
-        let error = parse_as("application/vnd.kubernetes.protobuf", b"k8s\0").unwrap_err();
+        let error = parse_as("text/plain", b"hello").unwrap_err();
         assert_eq!(error.0.code(), 415);
     }
 

@@ -34,6 +34,7 @@ mod delete;
 pub mod kubeconfig;
 mod metrics;
 pub mod pki;
+mod protobuf;
 pub mod resources;
 pub mod serve;
 mod subresources;

@@ -924,6 +924,131 @@ spec:
 }
 
 #[test]
+fn kubectl_create_generators_send_protobuf_and_work() {
+    let (_dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let commands: [(&[&str], &str); 7] = [
+        (&["create", "namespace", "shop"], "namespace/shop created"),
+        (
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=registry.example/web:1.0",
+                "--replicas=2",
+                "--port=8080",
+                "-n",
+                "shop",
+            ],
+            "deployment.apps/web created",
+        ),
+        (
+            &[
+                "create",
+                "configmap",
+                "settings",
+                "--from-literal=mode=fast",
+                "-n",
+                "shop",
+            ],
+            "configmap/settings created",
+        ),
+        (
+            &[
+                "create",
+                "secret",
+                "generic",
+                "creds",
+                "--from-literal=password=s3cret",
+                "-n",
+                "shop",
+            ],
+            "secret/creds created",
+        ),
+        (
+            &[
+                "create",
+                "service",
+                "clusterip",
+                "web",
+                "--tcp=80:8080",
+                "-n",
+                "shop",
+            ],
+            "service/web created",
+        ),
+        (
+            &[
+                "create",
+                "job",
+                "once",
+                "--image=registry.example/job:1",
+                "-n",
+                "shop",
+            ],
+            "job.batch/once created",
+        ),
+        (
+            &[
+                "create",
+                "cronjob",
+                "tick",
+                "--image=registry.example/tick:1",
+                "--schedule=*/5 * * * *",
+                "-n",
+                "shop",
+            ],
+            "cronjob.batch/tick created",
+        ),
+    ];
+    for (args, expected) in commands {
+        assert_eq!(run(args).trim(), expected);
+    }
+    let deployment: serde_json::Value =
+        serde_json::from_str(&run(&["get", "deploy", "web", "-n", "shop", "-o", "json"])).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/web:1.0");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        run(&[
+            "get",
+            "secret",
+            "creds",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.password}"
+        ]),
+        "czNjcmV0"
+    );
+    assert_eq!(
+        run(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.ports[0].targetPort}"
+        ]),
+        "8080"
+    );
+    assert_eq!(
+        run(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.schedule}"
+        ]),
+        "*/5 * * * *"
+    );
+}
+
+#[test]
 fn the_official_python_client_works_against_up() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(&[
