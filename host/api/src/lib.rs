@@ -9,6 +9,7 @@
 
 mod base64;
 pub mod defaults;
+pub mod managed;
 pub mod objects;
 pub mod patch;
 pub mod selector;

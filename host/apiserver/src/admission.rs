@@ -123,6 +123,13 @@ pub(crate) struct RequestContext {
     pub warnings: Mutex<Vec<String>>,
     /// Fields the request body gave more than once.
     pub duplicates: Mutex<Vec<String>>,
+    /// Who the write's fields belong to in `managedFields`: `fieldManager`, or the client's
+    /// name from its User-Agent.
+    pub manager: String,
+    /// `force=true`: a server-side apply takes conflicting fields over.
+    pub force: bool,
+    /// Set while a server-side apply writes: it records its own ownership.
+    pub applying: std::sync::atomic::AtomicBool,
 }
 
 tokio::task_local! {
@@ -154,6 +161,30 @@ pub(crate) fn take_duplicates() -> Vec<String> {
     REQUEST
         .try_with(|r| std::mem::take(&mut *r.duplicates.lock().expect("duplicates lock")))
         .unwrap_or_default()
+}
+
+/// The manager of the current request's fields.
+pub(crate) fn manager() -> String {
+    REQUEST
+        .try_with(|r| r.manager.clone())
+        .unwrap_or_else(|_| "flotilla".into())
+}
+
+/// Whether the current request forces a server-side apply.
+pub(crate) fn force() -> bool {
+    REQUEST.try_with(|r| r.force).unwrap_or(false)
+}
+
+/// Marks the current request as a server-side apply, which records its own ownership.
+pub(crate) fn set_applying() {
+    let _ = REQUEST.try_with(|r| r.applying.store(true, std::sync::atomic::Ordering::Relaxed));
+}
+
+/// Whether the current request is a server-side apply.
+pub(crate) fn applying() -> bool {
+    REQUEST
+        .try_with(|r| r.applying.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(false)
 }
 
 /// Who sent the current request.

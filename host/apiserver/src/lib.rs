@@ -27,6 +27,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 pub mod admission;
+mod apply;
 pub mod authn;
 mod body;
 mod crd;
@@ -708,10 +709,24 @@ fn request_context(
             )));
         }
     };
+    // Kubernetes names an unnamed manager after the client: its User-Agent up to the first '/'.
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(manager) => manager.to_owned(),
+        None => request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|agent| agent.split('/').next())
+            .filter(|name| !name.is_empty())
+            .unwrap_or("unknown")
+            .to_owned(),
+    };
     Ok(admission::RequestContext {
         user: request.extensions().get::<authn::UserInfo>().cloned(),
         dry_run,
         field_validation,
+        manager,
+        force: query.flag("force"),
         ..Default::default()
     })
 }
@@ -1262,6 +1277,9 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
         dry_run: admission::dry_run(),
     };
     admit(server, &request, &mut object).await?;
+    if !admission::applying() {
+        apply::track(server, resource, None, &mut object, "");
+    }
     let key = resource.key(target.namespace.as_deref(), &name);
     if request.dry_run {
         return Ok(json_response(StatusCode::CREATED, &object));
@@ -1424,6 +1442,10 @@ async fn replace(
         object["metadata"]["generation"] = json!(generation + 1);
     }
     object["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
+    if !admission::applying() {
+        let subresource = target.subresource.as_deref().unwrap_or_default();
+        apply::track(server, resource, Some(&existing), &mut object, subresource);
+    }
     let completes_deletion = delete::guard_update(&existing, &mut object)?;
     // A write that changes nothing is not a write: same resourceVersion, no watch event.
     if object == existing || request.dry_run {
@@ -1518,10 +1540,13 @@ async fn patch(
     content_type: &str,
     body: Bytes,
 ) -> ApiResult {
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if media_type == apply::MEDIA_TYPE && view == View::Object {
+        return apply::apply(server, target, &body).await;
+    }
     let decoded = body::decode("application/json", &body)?;
     admission::note_duplicates(decoded.duplicates);
     let patch = decoded.value;
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
     let unsupported = |why: String| {
         ApiError::from(Status::new(
             flotilla_api::StatusReason::UnsupportedMediaType,

@@ -1049,6 +1049,96 @@ fn kubectl_create_generators_send_protobuf_and_work() {
 }
 
 #[test]
+fn kubectl_server_side_apply_conflicts_force_and_migration() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let manifest = dir.path().join("api.yaml");
+    let write = |replicas: u32| {
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: api}}
+  template:
+    metadata:
+      labels: {{app: api}}
+    spec:
+      containers:
+      - name: api
+        image: registry.example/api:1.0
+"
+            ),
+        )
+        .unwrap()
+    };
+    let path = manifest.to_str().unwrap();
+    write(2);
+    assert_eq!(
+        run(&["apply", "--server-side", "-f", path]).trim(),
+        "deployment.apps/api serverside-applied"
+    );
+    run(&[
+        "patch",
+        "deploy",
+        "api",
+        "--field-manager=autoscaler",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ]);
+    write(3);
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["apply", "--server-side", "-f", path]);
+    assert!(!ok, "a conflicting apply fails");
+    assert!(
+        stderr.contains(r#"conflict with "autoscaler""#) && stderr.contains(".spec.replicas"),
+        "{stderr}"
+    );
+    run(&["apply", "--server-side", "--force-conflicts", "-f", path]);
+    assert_eq!(
+        run(&["get", "deploy", "api", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+
+    // From client-side to server-side apply: kubectl hands the fields over, and a field the
+    // manifest no longer has goes.
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(&settings, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n  level: info\n").unwrap();
+    run(&["apply", "-f", settings.to_str().unwrap()]);
+    std::fs::write(
+        &settings,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n",
+    )
+    .unwrap();
+    run(&["apply", "--server-side", "-f", settings.to_str().unwrap()]);
+    let stored: serde_json::Value = serde_json::from_str(&run(&[
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    assert_eq!(stored["data"], serde_json::json!({"mode": "fast"}));
+    let managers: Vec<&str> = stored["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"kubectl") && !managers.contains(&"kubectl-client-side-apply"),
+        "{managers:?}"
+    );
+}
+
+#[test]
 fn the_official_python_client_works_against_up() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(&[
