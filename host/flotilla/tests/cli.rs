@@ -1138,6 +1138,77 @@ spec:
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kube_rust_client_lists_applies_and_watches() {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").to_str().unwrap().to_owned();
+    let up = tokio::task::spawn_blocking(move || start(&["up", "--data-dir", &data]))
+        .await
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&up.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(names.contains(&"kube-system".to_owned()), "{names:?}");
+
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let start_version = maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = maps
+        .watch(&WatchParams::default(), &start_version)
+        .await
+        .unwrap()
+        .boxed();
+    let applied = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "from-rust"}, "data": {"k": "v"},
+    });
+    let params = PatchParams::apply("rust-test");
+    let stored = maps
+        .patch("from-rust", &params, &Patch::Apply(&applied))
+        .await
+        .unwrap();
+    assert_eq!(stored.data.unwrap()["k"], "v");
+    let managers: Vec<String> = stored
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["rust-test"]);
+
+    let event = tokio::time::timeout(std::time::Duration::from_secs(20), events.try_next())
+        .await
+        .expect("the watch delivers")
+        .unwrap()
+        .expect("the watch continues");
+    match event {
+        WatchEvent::Added(map) => assert_eq!(map.metadata.name.as_deref(), Some("from-rust")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+}
+
 #[test]
 fn the_official_python_client_works_against_up() {
     let dir = tempfile::tempdir().unwrap();
