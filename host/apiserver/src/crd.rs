@@ -253,6 +253,7 @@ impl ApiServer {
         let served: Vec<_> = all.iter().map(ResourceDef::served).collect();
         let documents = flotilla_schema::Documents::build(&schemas, &served);
         *self.resources.write().expect("resources lock") = Arc::new(all);
+        *self.openapi_v2.write().expect("openapi lock") = crate::openapi_v2::encode(&schemas);
         *self.schemas.write().expect("schemas lock") = Arc::new(schemas);
         *self.openapi.write().expect("openapi lock") = Arc::new(documents);
         for (key, revision, crd) in crds {

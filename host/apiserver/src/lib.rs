@@ -34,6 +34,7 @@ mod crd;
 mod delete;
 pub mod kubeconfig;
 mod metrics;
+mod openapi_v2;
 pub mod pki;
 mod protobuf;
 pub mod resources;
@@ -104,6 +105,8 @@ pub struct ApiServer {
     base_schemas: flotilla_schema::Registry,
     schemas: std::sync::RwLock<Arc<flotilla_schema::Registry>>,
     openapi: std::sync::RwLock<Arc<flotilla_schema::Documents>>,
+    /// `/openapi/v2` in protobuf, made with the documents.
+    openapi_v2: std::sync::RwLock<Bytes>,
     /// The server itself, for work it starts in the background.
     me: std::sync::Weak<ApiServer>,
     /// Namespaces whose contents are being deleted.
@@ -202,10 +205,12 @@ impl ApiServer {
         let schemas = flotilla_schema::Registry::builtin();
         let served: Vec<_> = resources.iter().map(ResourceDef::served).collect();
         let openapi = flotilla_schema::Documents::build(&schemas, &served);
+        let openapi_v2 = openapi_v2::encode(&schemas);
         Arc::new_cyclic(|me| Self {
             schemas: std::sync::RwLock::new(Arc::new(schemas.clone())),
             base_schemas: schemas,
             openapi: std::sync::RwLock::new(Arc::new(openapi)),
+            openapi_v2: std::sync::RwLock::new(openapi_v2),
             me: me.clone(),
             terminating: Default::default(),
             resources: std::sync::RwLock::new(Arc::new(resources)),
@@ -227,6 +232,7 @@ impl ApiServer {
             .route("/api", get(api_versions))
             .route("/apis", get(api_groups))
             .route("/metrics", get(metrics_text))
+            .route("/openapi/v2", get(openapi_v2_document))
             .route("/openapi/v3", get(openapi_index))
             .route("/openapi/v3/{*path}", get(openapi_document))
             .fallback(rest)
@@ -350,6 +356,39 @@ async fn metrics_text(State(server): State<Arc<ApiServer>>) -> Response {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// `/openapi/v2`: protobuf, as kubectl asks for it, or Swagger JSON.
+async fn openapi_v2_document(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains("protobuf") {
+        let bytes = server.openapi_v2.read().expect("openapi lock").clone();
+        let mut response = Response::new(Body::from(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(openapi_v2::MEDIA_TYPE),
+        );
+        return response;
+    }
+    let schemas = server.schemas();
+    let document = json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": {},
+        "definitions": schemas.schemas(),
+    })
+    .to_string()
+    .replace(flotilla_schema::REF_PREFIX, "#/definitions/");
+    let mut response = Response::new(Body::from(document));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -1241,13 +1241,19 @@ fn kubectl_get_watch_prints_each_change() {
             {"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"demo"},"spec":{"containers":[{"name":"c","image":"x"}]}}]}"#,
     )
     .unwrap();
-    // kubectl validates a `kind: List` on the client against /openapi/v2, which is not served.
-    run(&[
-        "create",
-        "--validate=false",
-        "-f",
-        manifest.to_str().unwrap(),
-    ]);
+    // kubectl validates a `kind: List` on the client, against /openapi/v2.
+    run(&["create", "-f", manifest.to_str().unwrap()]);
+    let typo = dir.path().join("typo.json");
+    std::fs::write(
+        &typo,
+        r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"t","namespace":"demo"},"dataa":{}}]}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["create", "-f", typo.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains(r#"unknown field "dataa""#),
+        "{stderr}"
+    );
 
     // get -w: table rows for each change, with the event type.
     let mut watcher = Command::new("kubectl")
