@@ -1543,10 +1543,10 @@ enum View {
 
 impl View {
     /// What `object` looks like through this view.
-    fn of(self, object: &Value) -> Result<Value, ApiError> {
+    fn of(self, resource: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
         match self {
             View::Object => Ok(object.clone()),
-            View::Scale => subresources::scale_of(object),
+            View::Scale => subresources::scale_of(resource, object),
         }
     }
 
@@ -1617,7 +1617,7 @@ async fn patch(
         attempt += 1;
         let current = current_object(server, target).await?;
         let stored = decode(&current)?;
-        let mut object = view.of(&stored)?;
+        let mut object = view.of(target.resource, &stored)?;
         let patched = match media_type {
             "application/json-patch+json" => flotilla_api::json_patch(&mut object, &patch),
             "application/strategic-merge-patch+json" => {
@@ -1639,7 +1639,7 @@ async fn patch(
         })?;
         let object = view.apply(target.resource, stored, object)?;
         match replace(server, target, &current, object).await {
-            Ok(object) => return Ok(json_body(&view.of(&object)?)),
+            Ok(object) => return Ok(json_body(&view.of(target.resource, &object)?)),
             // Lost a race with another writer: patch the newer object, unless the patch itself
             // named the resourceVersion it expects.
             Err(e)

@@ -6,18 +6,57 @@ use flotilla_store::{StoreExt, TxnOutcome};
 use serde_json::{Value, json};
 
 use crate::delete::{self, DeleteOptions};
-use crate::resources::ResourceDef;
+use crate::resources::{ResourceDef, ScalePaths};
 use crate::{
     ApiError, ApiResult, ApiServer, Query, Target, View, current_object, decode, encode, json_body,
     json_response, replace,
 };
 
 /// The Scale of a scalable object: its desired and current replicas and its selector.
-pub(crate) fn scale_of(object: &Value) -> Result<Value, ApiError> {
+/// Where a kind keeps what its Scale shows: Kubernetes' fields for the built-in kinds, the
+/// definition's paths for custom resources.
+fn scale_paths(resource: &ResourceDef) -> ScalePaths {
+    resource
+        .custom
+        .as_ref()
+        .and_then(|c| c.scale.clone())
+        .unwrap_or_else(|| ScalePaths {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: None,
+        })
+}
+
+/// Sets the value at a simple path (`.spec.replicas`), making the objects on the way.
+fn set_path(object: &mut Value, path: &str, value: Value) {
+    let mut at = object;
+    let steps: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+    for (i, step) in steps.iter().enumerate() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        if i + 1 == steps.len() {
+            at[*step] = value;
+            return;
+        }
+        at = &mut at[*step];
+    }
+}
+
+pub(crate) fn scale_of(resource: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
     let metadata = &object["metadata"];
-    let selector = LabelSelector::from_json(&object["spec"]["selector"])
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    let paths = scale_paths(resource);
+    let replicas = |path: &str| crate::crd::json_path(object, path).and_then(Value::as_i64);
+    let selector = match &paths.label_selector {
+        Some(path) => crate::crd::json_path(object, path)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        None if resource.custom.is_some() => String::new(),
+        None => LabelSelector::from_json(&object["spec"]["selector"])
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    };
     Ok(json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -28,9 +67,9 @@ pub(crate) fn scale_of(object: &Value) -> Result<Value, ApiError> {
             "resourceVersion": metadata["resourceVersion"],
             "creationTimestamp": metadata["creationTimestamp"],
         },
-        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "spec": {"replicas": replicas(&paths.spec_replicas).unwrap_or(1)},
         "status": {
-            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "replicas": replicas(&paths.status_replicas).unwrap_or(0),
             "selector": selector,
         },
     }))
@@ -75,13 +114,17 @@ pub(crate) fn apply_scale(
             &name,
         )));
     }
-    object["spec"]["replicas"] = json!(count);
+    set_path(
+        &mut object,
+        &scale_paths(resource).spec_replicas,
+        json!(count),
+    );
     Ok(object)
 }
 
 pub(crate) async fn get_scale(server: &ApiServer, target: &Target<'_>) -> ApiResult {
     let object = decode(&current_object(server, target).await?)?;
-    Ok(json_body(&scale_of(&object)?))
+    Ok(json_body(&scale_of(target.resource, &object)?))
 }
 
 /// `PUT` of a subresource: the object with the part the subresource covers replaced.
@@ -95,7 +138,7 @@ pub(crate) async fn put(
     let stored = decode(&current)?;
     let object = view.apply(target.resource, stored, sent)?;
     let object = replace(server, target, &current, object).await?;
-    Ok(json_body(&view.of(&object)?))
+    Ok(json_body(&view.of(target.resource, &object)?))
 }
 
 fn success(code: u16) -> Value {

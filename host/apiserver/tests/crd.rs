@@ -238,3 +238,45 @@ async fn deleting_a_definition_deletes_its_objects_then_itself() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn scale_follows_the_definitions_paths() {
+    let api = Api::start().await;
+    let definition = json!({"metadata": {"name": "pools.example.dev"}, "spec": {
+        "group": "example.dev", "scope": "Namespaced",
+        "names": {"plural": "pools", "kind": "Pool"},
+        "versions": [{"name": "v1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            "subresources": {"status": {}, "scale": {
+                "specReplicasPath": ".spec.size", "statusReplicasPath": ".status.ready",
+                "labelSelectorPath": ".status.selector"}}}]}});
+    let (code, body) = api.send(Method::POST, CRDS, Some(definition)).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let pools = "/apis/example.dev/v1/namespaces/demo/pools";
+    api.send(
+        Method::POST,
+        pools,
+        Some(json!({"metadata": {"name": "p"}, "spec": {"size": 2}})),
+    )
+    .await;
+    api.send_as(
+        Method::PATCH,
+        &format!("{pools}/p/status"),
+        "application/merge-patch+json",
+        json!({"status": {"ready": 1, "selector": "app=p"}}).to_string(),
+    )
+    .await;
+    let (_, scale) = api.get(&format!("{pools}/p/scale")).await;
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"], json!({"replicas": 1, "selector": "app=p"}));
+    let (code, _) = api
+        .send_as(
+            Method::PATCH,
+            &format!("{pools}/p/scale"),
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": 5}}).to_string(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(api.get(&format!("{pools}/p")).await.1["spec"]["size"], 5);
+}
