@@ -25,3 +25,24 @@ pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{Status, StatusCause, StatusReason};
 pub use strategic::{Schemas, strategic_merge_patch};
 pub use structural::{apply_schema_defaults, validate_against};
+
+#[cfg(test)]
+mod test_schemas {
+    //! Schemas for unit tests of the schema-driven algorithms.
+
+    use serde_json::Value;
+
+    /// Schemas given inline, with `#/defs/<name>` references (also as `allOf: [ref]`).
+    pub struct Inline(pub Value);
+
+    impl crate::Schemas for Inline {
+        fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+            schema["$ref"]
+                .as_str()
+                .or_else(|| schema["allOf"][0]["$ref"].as_str())
+                .and_then(|r| r.strip_prefix("#/defs/"))
+                .and_then(|name| self.0.get(name))
+                .unwrap_or(schema)
+        }
+    }
+}

@@ -628,17 +628,7 @@ impl ManagedEntry {
 mod tests {
     use super::*;
 
-    struct Inline(Value);
-
-    impl Schemas for Inline {
-        fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
-            schema["$ref"]
-                .as_str()
-                .and_then(|r| r.strip_prefix("#/defs/"))
-                .and_then(|name| self.0.get(name))
-                .unwrap_or(schema)
-        }
-    }
+    use crate::test_schemas::Inline;
 
     fn schemas() -> Inline {
         Inline(json!({

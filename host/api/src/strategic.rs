@@ -286,19 +286,7 @@ mod tests {
 
     use super::*;
 
-    /// Schemas given inline, with `#/defs/<name>` references.
-    struct Inline(Value);
-
-    impl Schemas for Inline {
-        fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
-            schema["$ref"]
-                .as_str()
-                .or_else(|| schema["allOf"][0]["$ref"].as_str())
-                .and_then(|r| r.strip_prefix("#/defs/"))
-                .and_then(|name| self.0.get(name))
-                .unwrap_or(schema)
-        }
-    }
+    use crate::test_schemas::Inline;
 
     fn pod_schemas() -> Inline {
         Inline(json!({

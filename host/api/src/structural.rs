@@ -104,12 +104,26 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<StatusCause>) 
     match value {
         Value::Object(map) => check_object(schema, map, path, out),
         Value::Array(items) => {
-            bound(schema, "minItems", items.len(), path, value, out, |n| {
-                format!("{path} in body should have at least {n} items")
-            });
-            bound_max(schema, "maxItems", items.len(), path, value, out, |n| {
-                format!("{path} in body should have at most {n} items")
-            });
+            limit(
+                schema,
+                "minItems",
+                false,
+                items.len(),
+                path,
+                value,
+                out,
+                |n| format!("{path} in body should have at least {n} items"),
+            );
+            limit(
+                schema,
+                "maxItems",
+                true,
+                items.len(),
+                path,
+                value,
+                out,
+                |n| format!("{path} in body should have at most {n} items"),
+            );
             if let Some(item) = schema.get("items") {
                 for (i, v) in items.iter().enumerate() {
                     check(item, v, &format!("{path}[{i}]"), out);
@@ -118,10 +132,10 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<StatusCause>) 
         }
         Value::String(text) => {
             let length = text.chars().count();
-            bound(schema, "minLength", length, path, value, out, |n| {
+            limit(schema, "minLength", false, length, path, value, out, |n| {
                 format!("{path} in body should be at least {n} chars long")
             });
-            bound_max(schema, "maxLength", length, path, value, out, |n| {
+            limit(schema, "maxLength", true, length, path, value, out, |n| {
                 format!("{path} in body may not be longer than {n}")
             });
         }
@@ -186,35 +200,24 @@ fn check_object(schema: &Value, map: &Map<String, Value>, path: &str, out: &mut 
     }
 }
 
-fn bound(
+/// A cause when `actual` is on the wrong side of the schema's `keyword` limit: below a minimum
+/// (`at_most == false`) or above a maximum.
+#[allow(clippy::too_many_arguments)]
+fn limit(
     schema: &Value,
     keyword: &str,
+    at_most: bool,
     actual: usize,
     path: &str,
     value: &Value,
     out: &mut Vec<StatusCause>,
     message: impl Fn(u64) -> String,
 ) {
-    if let Some(limit) = schema[keyword].as_u64()
-        && (actual as u64) < limit
-    {
-        out.push(StatusCause::invalid(path, value, &message(limit)));
-    }
-}
-
-fn bound_max(
-    schema: &Value,
-    keyword: &str,
-    actual: usize,
-    path: &str,
-    value: &Value,
-    out: &mut Vec<StatusCause>,
-    message: impl Fn(u64) -> String,
-) {
-    if let Some(limit) = schema[keyword].as_u64()
-        && (actual as u64) > limit
-    {
-        out.push(StatusCause::invalid(path, value, &message(limit)));
+    if let Some(limit) = schema[keyword].as_u64() {
+        let actual = actual as u64;
+        if (at_most && actual > limit) || (!at_most && actual < limit) {
+            out.push(StatusCause::invalid(path, value, &message(limit)));
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 mod common;
 
 use common::Api;
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -192,19 +191,7 @@ async fn deleting_a_definition_deletes_its_objects_then_itself() {
             .await;
         assert_eq!(code, StatusCode::CREATED);
     }
-    let (_, list) = api.get(CRDS).await;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let watch = api
-        .http
-        .get(format!("{}{CRDS}?watch=1&resourceVersion={rv}", api.url))
-        .send()
-        .await
-        .unwrap();
-    let mut events = watch.bytes_stream();
-
+    let mut watch = api.watch_from_now(CRDS, "").await;
     let (code, _) = api
         .send(
             Method::DELETE,
@@ -213,18 +200,7 @@ async fn deleting_a_definition_deletes_its_objects_then_itself() {
         )
         .await;
     assert_eq!(code, StatusCode::OK);
-    let mut seen = String::new();
-    let gone = async {
-        while let Some(chunk) = events.next().await {
-            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            if seen.contains("\"DELETED\"") {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(20), gone)
-        .await
-        .expect("the definition goes");
+    watch.wait_for("DELETED").await;
     assert_eq!(api.get(V1).await.0, StatusCode::NOT_FOUND);
     assert!(
         api.server

@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -201,19 +200,9 @@ async fn a_deleted_namespace_terminates_then_goes_with_everything_in_it() {
         Some(held),
     )
     .await;
-    let (_, list) = api.get("/api/v1/namespaces").await;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let watch = api
-        .http
-        .get(format!("{}/api/v1/namespaces?watch=1&resourceVersion={rv}&fieldSelector=metadata.name%3Ddoomed", api.url))
-        .send()
-        .await
-        .unwrap();
-    let mut events = watch.bytes_stream();
-
+    let mut watch = api
+        .watch_from_now("/api/v1/namespaces", "fieldSelector=metadata.name%3Ddoomed")
+        .await;
     let (code, namespace) = api
         .send(Method::DELETE, "/api/v1/namespaces/doomed", None)
         .await;
@@ -260,18 +249,7 @@ async fn a_deleted_namespace_terminates_then_goes_with_everything_in_it() {
     )
     .await;
 
-    let mut seen = String::new();
-    let deleted = async {
-        while let Some(chunk) = events.next().await {
-            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            if seen.contains("\"DELETED\"") {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), deleted)
-        .await
-        .expect("the namespace goes");
+    watch.wait_for("DELETED").await;
     assert_eq!(
         api.get("/api/v1/namespaces/doomed").await.0,
         StatusCode::NOT_FOUND

@@ -425,7 +425,8 @@ pub(crate) fn machine() -> String {
     format!("{cpu}, {cores} cores, {memory} RAM")
 }
 
-fn report(args: &StoreBenchArgs, fsync: &Histogram<u64>, results: &[(&str, Figures)]) -> String {
+/// The first lines of every report: the machine and its disk.
+pub(crate) fn report_header(fsync: &Histogram<u64>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}", machine());
     let _ = writeln!(
@@ -434,6 +435,11 @@ fn report(args: &StoreBenchArgs, fsync: &Histogram<u64>, results: &[(&str, Figur
         fsync.value_at_quantile(0.5),
         fsync.value_at_quantile(0.99)
     );
+    out
+}
+
+fn report(args: &StoreBenchArgs, fsync: &Histogram<u64>, results: &[(&str, Figures)]) -> String {
+    let mut out = report_header(fsync);
     let _ = writeln!(
         out,
         "Values {} bytes; {} serial writes; {} writes over {} writers; {} keys ranged 5x in pages of 500; {} watchers at {} writes/s of {}-byte values for {} s.\n",

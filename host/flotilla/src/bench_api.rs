@@ -604,14 +604,7 @@ fn report(
     (serial, concurrent, watch): &(CreateFigures, CreateFigures, WatchFigures),
     results: &[(&str, ApiFigures)],
 ) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "Machine: {}", bench::machine());
-    let _ = writeln!(
-        out,
-        "Disk fdatasync (4 KiB): p50 {} µs, p99 {} µs",
-        fsync.value_at_quantile(0.5),
-        fsync.value_at_quantile(0.99)
-    );
+    let mut out = bench::report_header(fsync);
     let _ = writeln!(
         out,
         "Pods of {pod_bytes} bytes: {} by 1 client, {} by {} clients. Fan-out: {} watchers over {} HTTP/2 connections, {} creates/s of {watch_bytes}-byte config maps for {} s.\n",

@@ -377,6 +377,61 @@ fn api_benchmark_reports_creates_and_fan_out_next_to_etcd() {
     );
 }
 
+/// A running `kubectl get -w`, and its output lines as they come.
+struct KubectlWatch {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    errors: PathBuf,
+}
+
+impl KubectlWatch {
+    fn start(kubeconfig: &Path, args: &[&str], errors: PathBuf) -> Self {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            errors,
+        }
+    }
+
+    /// The next line's words.
+    fn next(&self) -> Vec<String> {
+        let line = self
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "kubectl get -w printed nothing in time: {}",
+                    std::fs::read_to_string(&self.errors).unwrap_or_default()
+                )
+            });
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for KubectlWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs the real kubectl with the admin kubeconfig a server wrote, and nothing else.
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let output = Command::new("kubectl")
@@ -860,31 +915,12 @@ spec:
     );
 
     // get -w while it changes: the printer columns, on each event.
-    let mut watcher = Command::new("kubectl")
-        .env("KUBECONFIG", &kubeconfig)
-        .stdin(Stdio::null())
-        .args(["get", "ct", "-w", "--output-watch-events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stdout = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let next = || {
-        let line = lines_rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("kubectl get -w prints in time");
-        line.split_whitespace()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
+    let watch = KubectlWatch::start(
+        &kubeconfig,
+        &["get", "ct", "-w", "--output-watch-events"],
+        dir.path().join("watch.err"),
+    );
+    let next = || watch.next();
     assert_eq!(next(), ["EVENT", "NAME", "SPEC", "IMAGE"]);
     assert_eq!(
         next(),
@@ -899,8 +935,7 @@ spec:
         next(),
         ["MODIFIED", "nightly", "0", "4", "*", "*", "*", "cron.wasm"]
     );
-    let _ = watcher.kill();
-    let _ = watcher.wait();
+    drop(watch);
 
     // An invalid object is refused naming the field; deleting the definition takes its objects.
     std::fs::write(
@@ -1256,43 +1291,16 @@ fn kubectl_get_watch_prints_each_change() {
     );
 
     // get -w: table rows for each change, with the event type.
-    let mut watcher = Command::new("kubectl")
-        .env("KUBECONFIG", &kubeconfig)
-        .stdin(Stdio::null())
-        .args(["get", "pods", "-n", "demo", "-w", "--output-watch-events"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("watch.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stdout = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let next_event = || {
-        let line = lines_rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "kubectl get -w printed nothing in time: {}",
-                    std::fs::read_to_string(dir.path().join("watch.err")).unwrap_or_default()
-                )
-            });
-        line.split_whitespace()
-            .take(4)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let watch = KubectlWatch::start(
+        &kubeconfig,
+        &["get", "pods", "-n", "demo", "-w", "--output-watch-events"],
+        dir.path().join("watch.err"),
+    );
+    let next_event = || watch.next()[..4].join(" ");
     assert_eq!(next_event(), "EVENT NAME READY STATUS");
     assert_eq!(next_event(), "ADDED web 0/1 Pending");
     run(&["label", "pod", "web", "-n", "demo", "watched=yes"]);
     assert_eq!(next_event(), "MODIFIED web 0/1 Pending");
     run(&["delete", "pod", "web", "-n", "demo"]);
     assert_eq!(next_event(), "DELETED web 0/1 Pending");
-    let _ = watcher.kill();
-    let _ = watcher.wait();
 }

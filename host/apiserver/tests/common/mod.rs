@@ -135,3 +135,58 @@ async fn answer(response: reqwest::Response) -> (reqwest::StatusCode, serde_json
     let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (code, value)
 }
+
+/// A watch's raw stream, read until the event a test waits for.
+#[allow(dead_code, reason = "not every test file uses every helper")]
+pub struct Watch {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    seen: String,
+}
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+impl Api {
+    /// Watches `collection` from its current resourceVersion, with `query` added.
+    pub async fn watch_from_now(&self, collection: &str, query: &str) -> Watch {
+        use futures::StreamExt;
+        let (_, list) = self.get(collection).await;
+        let version = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let response = self
+            .http
+            .get(format!(
+                "{}{collection}?watch=1&resourceVersion={version}&{query}",
+                self.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        Watch {
+            body: response.bytes_stream().boxed(),
+            seen: String::new(),
+        }
+    }
+}
+
+#[allow(dead_code, reason = "not every test file uses every helper")]
+impl Watch {
+    /// Waits (20 s at most) until an event of type `kind` has arrived.
+    pub async fn wait_for(&mut self, kind: &str) {
+        use futures::StreamExt;
+        let needle = format!("\"type\":\"{kind}\"");
+        let arrived = async {
+            while !self.seen.contains(&needle) {
+                match self.body.next().await {
+                    Some(chunk) => self
+                        .seen
+                        .push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+                    None => panic!("the watch ended before a {kind} event"),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), arrived)
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event in time"));
+    }
+}
