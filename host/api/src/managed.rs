@@ -165,15 +165,7 @@ impl std::fmt::Debug for Walker<'_> {
 
 impl Walker<'_> {
     fn child<'s>(&'s self, schema: Option<&'s Value>, key: &str) -> Option<&'s Value> {
-        let resolved = self.schemas.resolve(schema?);
-        resolved
-            .get("properties")
-            .and_then(|p| p.get(key))
-            .or_else(|| {
-                resolved
-                    .get("additionalProperties")
-                    .filter(|a| a.is_object())
-            })
+        self.schemas.child(schema, key)
     }
 
     fn items<'s>(&'s self, field: Option<&'s Value>) -> Option<&'s Value> {

@@ -15,6 +15,20 @@ use crate::PatchError;
 pub trait Schemas {
     /// The schema `schema` refers to (through `$ref` or `allOf: [$ref]`), or itself.
     fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value;
+
+    /// The schema of an object's value at `key`: a property, or the schema of every value of
+    /// a map.
+    fn child<'a>(&'a self, schema: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+        let resolved = self.resolve(schema?);
+        resolved
+            .get("properties")
+            .and_then(|p| p.get(key))
+            .or_else(|| {
+                resolved
+                    .get("additionalProperties")
+                    .filter(|a| a.is_object())
+            })
+    }
 }
 
 /// Applies `patch` to `object` as a strategic merge patch, with `schema` the object's schema.
@@ -62,17 +76,8 @@ struct ListStrategy<'s> {
 }
 
 impl<'a> Context<'a> {
-    /// The schema of a map's value at `key`: a property, or the schema of every value of a map.
     fn child<'s>(&'s self, schema: Option<&'s Value>, key: &str) -> Option<&'s Value> {
-        let resolved = self.schemas.resolve(schema?);
-        resolved
-            .get("properties")
-            .and_then(|p| p.get(key))
-            .or_else(|| {
-                resolved
-                    .get("additionalProperties")
-                    .filter(|a| a.is_object())
-            })
+        self.schemas.child(schema, key)
     }
 
     fn list_strategy<'s>(&'s self, field: Option<&'s Value>) -> ListStrategy<'s> {
