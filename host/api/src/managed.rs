@@ -494,9 +494,21 @@ impl Walker<'_> {
             Some(old) => managed_fields(old),
             None => sent,
         };
-        let empty = json!({});
-        let old = old.unwrap_or(&empty);
         let new_set = self.fields_of(new, schema);
+        let Some(old) = old else {
+            // A create: everything it sets is its writer's.
+            entries.retain(|e| !(e.manager == writer.manager && e.operation == "Update"));
+            entries.push(ManagedEntry {
+                manager: writer.manager.to_owned(),
+                operation: "Update".into(),
+                api_version: writer.api_version.to_owned(),
+                time: Some(writer.time.to_owned()),
+                subresource: writer.subresource.to_owned(),
+                fields: new_set,
+            });
+            set_managed(new, entries);
+            return;
+        };
         let old_set = self.fields_of(old, schema);
         let changed: Vec<Path> = new_set
             .leaves()
