@@ -1244,7 +1244,7 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     let metadata = &mut object["metadata"];
     if let Some(namespace) = &target.namespace {
         match metadata["namespace"].as_str() {
-            Some(ns) if ns != namespace => {
+            Some(ns) if !ns.is_empty() && ns != namespace => {
                 return Err(ApiError::from(Status::bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request",
                 )));

@@ -109,10 +109,11 @@ fn object_meta(meta: Option<meta::ObjectMeta>) -> Value {
     let Some(m) = meta else {
         return json!({});
     };
+    let set = |v: Option<String>| v.filter(|v| !v.is_empty());
     Obj::default()
-        .opt("name", m.name)
-        .opt("generateName", m.generate_name)
-        .opt("namespace", m.namespace)
+        .opt("name", set(m.name))
+        .opt("generateName", set(m.generate_name))
+        .opt("namespace", set(m.namespace))
         .strings("labels", &m.labels)
         .strings("annotations", &m.annotations)
         .val("finalizers", json!(m.finalizers))

@@ -325,6 +325,59 @@ fn match_labels(o: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// A job's state as Kubernetes prints it.
+fn job_status(o: &Value, _: SystemTime) -> Value {
+    let holds = |kind: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == kind && c["status"] == "True")
+    };
+    let status = if holds("Complete") {
+        "Complete"
+    } else if holds("Failed") {
+        "Failed"
+    } else if o["spec"]["suspend"] == json!(true) {
+        "Suspended"
+    } else {
+        "Running"
+    };
+    json!(status)
+}
+
+/// How long a job ran (or has been running).
+fn job_duration(o: &Value, now: SystemTime) -> Value {
+    let time = |field: &str| {
+        o["status"][field]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    };
+    match (time("startTime"), time("completionTime")) {
+        (Some(start), end) => {
+            let end = end.unwrap_or(now);
+            json!(human_duration(
+                end.duration_since(start).unwrap_or_default()
+            ))
+        }
+        (None, _) => json!(""),
+    }
+}
+
+fn ingress_hosts(o: &Value, _: SystemTime) -> Value {
+    let hosts: Vec<&str> = o["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["host"].as_str().unwrap_or("*"))
+        .collect();
+    json!(if hosts.is_empty() {
+        "*".to_owned()
+    } else {
+        hosts.join(",")
+    })
+}
+
 fn columns(resource: &ResourceDef) -> Vec<Column> {
     match (resource.group, resource.plural) {
         ("", "pods") => vec![
@@ -634,6 +687,99 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
             ),
             AGE,
         ],
+        ("batch", "jobs") => vec![
+            NAME,
+            column("Status", 0, "The job's state.", job_status),
+            column(
+                "Completions",
+                0,
+                "The desired number of successfully finished pods the job should be run with.",
+                |o, _| {
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["succeeded"].as_i64().unwrap_or(0),
+                        o["spec"]["completions"].as_i64().unwrap_or(1)
+                    ))
+                },
+            ),
+            column(
+                "Duration",
+                0,
+                "Time required to complete the job.",
+                job_duration,
+            ),
+            AGE,
+            TEMPLATE_CONTAINERS,
+            TEMPLATE_IMAGES,
+            TEMPLATE_SELECTOR,
+        ],
+        ("batch", "cronjobs") => vec![
+            NAME,
+            column("Schedule", 0, "The schedule in Cron format.", |o, _| {
+                o["spec"]["schedule"].clone()
+            }),
+            column("Timezone", 0, "The time zone of the schedule.", |o, _| {
+                or_none(o["spec"]["timeZone"].as_str().map(str::to_owned))
+            }),
+            column("Suspend", 0, "Whether later runs are suspended.", |o, _| {
+                json!(if o["spec"]["suspend"] == json!(true) {
+                    "True"
+                } else {
+                    "False"
+                })
+            }),
+            column("Active", 0, "The number of running jobs.", |o, _| {
+                json!(o["status"]["active"].as_array().map_or(0, Vec::len))
+            }),
+            column(
+                "Last Schedule",
+                0,
+                "When the job was last scheduled.",
+                |o, now| match o["status"]["lastScheduleTime"].as_str() {
+                    Some(when) => json!(age(Some(when), now)),
+                    None => json!("<none>"),
+                },
+            ),
+            AGE,
+        ],
+        ("networking.k8s.io", "ingresses") => vec![
+            NAME,
+            column("Class", 0, "The ingress class.", |o, _| {
+                or_none(o["spec"]["ingressClassName"].as_str().map(str::to_owned))
+            }),
+            column(
+                "Hosts",
+                0,
+                "Hosts that incoming requests are matched against.",
+                ingress_hosts,
+            ),
+            column("Address", 0, "Where the ingress is reachable.", |o, _| {
+                let addresses: Vec<&str> = o["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+                    .collect();
+                json!(addresses.join(","))
+            }),
+            column("Ports", 0, "Ports of the ingress.", |o, _| {
+                let tls = o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty());
+                json!(if tls { "80, 443" } else { "80" })
+            }),
+            AGE,
+        ],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![
+            NAME,
+            Column {
+                format: "date-time",
+                ..column(
+                    "Created At",
+                    0,
+                    "When the definition was created.",
+                    |o, _| o["metadata"]["creationTimestamp"].clone(),
+                )
+            },
+        ],
         ("coordination.k8s.io", "leases") => vec![
             NAME,
             column("Holder", 0, "The holder of the lease.", |o, _| {
@@ -831,5 +977,71 @@ mod tests {
         assert_eq!(cells[3], "<none>");
         assert_eq!(cells[4], "80:30080/TCP,53/UDP");
         assert!(t["rows"][0].get("object").is_none());
+    }
+
+    fn resource(plural: &str) -> ResourceDef {
+        crate::resources::builtin()
+            .into_iter()
+            .find(|r| r.plural == plural)
+            .unwrap()
+    }
+
+    #[test]
+    fn jobs_and_cron_jobs_print_their_state() {
+        let job = json!({
+            "metadata": {"name": "once"},
+            "spec": {"completions": 3},
+            "status": {"succeeded": 3, "startTime": "2026-01-01T00:00:00Z",
+                "completionTime": "2026-01-01T00:02:05Z",
+                "conditions": [{"type": "Complete", "status": "True"}]},
+        });
+        let t = table(&resource("jobs"), &[job], json!({}), IncludeObject::None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(
+            (&cells[1], &cells[2], &cells[3]),
+            (&json!("Complete"), &json!("3/3"), &json!("2m5s"))
+        );
+
+        let cron = json!({
+            "metadata": {"name": "tick"},
+            "spec": {"schedule": "*/5 * * * *", "suspend": true},
+            "status": {"active": [{"name": "tick-1"}]},
+        });
+        let t = table(
+            &resource("cronjobs"),
+            &[cron],
+            json!({}),
+            IncludeObject::None,
+        );
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Schedule",
+                "Timezone",
+                "Suspend",
+                "Active",
+                "Last Schedule",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "tick",
+                "*/5 * * * *",
+                "<none>",
+                "True",
+                1,
+                "<none>",
+                "<unknown>"
+            ])
+        );
     }
 }

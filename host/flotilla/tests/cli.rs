@@ -1013,14 +1013,8 @@ fn kubectl_create_generators_send_protobuf_and_work() {
             "service/web created",
         ),
         (
-            &[
-                "create",
-                "job",
-                "once",
-                "--image=registry.example/job:1",
-                "-n",
-                "shop",
-            ],
+            // In the default namespace: the object names none.
+            &["create", "job", "once", "--image=registry.example/job:1"],
             "job.batch/once created",
         ),
         (
