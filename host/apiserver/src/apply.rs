@@ -28,10 +28,7 @@ pub(crate) fn track(
     subresource: &str,
 ) {
     let schemas = server.schemas();
-    let gvk = flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind);
-    let schema = schemas
-        .definition_of(&gvk)
-        .and_then(|name| schemas.definition(name));
+    let schema = schemas.kind_schema(&resource.gvk());
     let manager = admission::manager();
     let api_version = resource.api_version();
     let time = now();
@@ -86,10 +83,7 @@ pub(crate) async fn apply(server: &ApiServer, target: &Target<'_>, body: &[u8]) 
     // Merged without holding the schemas across an await.
     let merged = {
         let schemas = server.schemas();
-        let gvk = flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind);
-        let schema = schemas
-            .definition_of(&gvk)
-            .and_then(|definition| schemas.definition(definition));
+        let schema = schemas.kind_schema(&resource.gvk());
         let api_version = resource.api_version();
         let time = now();
         let writer = Writer {

@@ -205,14 +205,17 @@ pub(crate) fn validate(crd: &Value) -> Vec<StatusCause> {
 }
 
 impl ApiServer {
+    /// The CustomResourceDefinition resource.
+    fn definitions(&self) -> ResourceDef {
+        self.find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .expect("definitions are served")
+    }
+
     /// Rebuilds the served resources, schemas and OpenAPI documents from the built-in kinds and
     /// every stored definition, marks new definitions established, and starts the clean-up of
     /// those being deleted.
     pub(crate) async fn reload_custom_resources(&self) -> Result<(), ApiError> {
-        let definitions = resources::builtin()
-            .into_iter()
-            .find(is_definitions)
-            .expect("definitions are served");
+        let definitions = self.definitions();
         let page = self
             .store
             .range(RangeRequest::prefix(definitions.prefix(None)))
@@ -235,8 +238,7 @@ impl ApiServer {
                 continue;
             }
             for resource in &declared {
-                let gvk =
-                    flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind);
+                let gvk = resource.gvk();
                 let schema = resource
                     .custom
                     .as_ref()
@@ -325,10 +327,7 @@ impl ApiServer {
     }
 
     async fn clean_up(&self, name: &str) -> Result<(), ApiError> {
-        let definitions = resources::builtin()
-            .into_iter()
-            .find(is_definitions)
-            .expect("definitions are served");
+        let definitions = self.definitions();
         let key = definitions.key(None, name);
         let Some(kv) = self.store.get(&key, None).await?.0 else {
             return Ok(());

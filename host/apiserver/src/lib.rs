@@ -1342,12 +1342,8 @@ fn check_fields(
     resource: &ResourceDef,
     object: &mut Value,
 ) -> Result<(), ApiError> {
-    let gvk = flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind);
     let schemas = server.schemas();
-    let Some(schema) = schemas
-        .definition_of(&gvk)
-        .and_then(|name| schemas.definition(name))
-    else {
+    let Some(schema) = schemas.kind_schema(&resource.gvk()) else {
         return Ok(());
     };
     let problems: Vec<String> = admission::take_duplicates()
@@ -1553,9 +1549,7 @@ impl View {
     /// The group, version and kind of what the view shows.
     fn gvk(self, resource: &ResourceDef) -> flotilla_schema::Gvk {
         match self {
-            View::Object => {
-                flotilla_schema::Gvk::new(resource.group, resource.version, resource.kind)
-            }
+            View::Object => resource.gvk(),
             View::Scale => flotilla_schema::Gvk::new("autoscaling", "v1", "Scale"),
         }
     }
@@ -1608,10 +1602,7 @@ async fn patch(
         ));
     }
     let schemas = server.schemas();
-    let gvk = view.gvk(target.resource);
-    let schema = schemas
-        .definition_of(&gvk)
-        .and_then(|name| schemas.definition(name));
+    let schema = schemas.kind_schema(&view.gvk(target.resource));
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -170,6 +170,11 @@ impl ResourceDef {
         all
     }
 
+    /// The kind's group, version and kind, as the schemas know it.
+    pub fn gvk(&self) -> flotilla_schema::Gvk {
+        flotilla_schema::Gvk::new(self.group, self.version, self.kind)
+    }
+
     /// How the OpenAPI documents describe this resource.
     pub fn served(&self) -> flotilla_schema::ServedResource {
         flotilla_schema::ServedResource {

@@ -172,6 +172,12 @@ impl Registry {
         self.kinds.get(gvk).map(String::as_str)
     }
 
+    /// The schema of a kind, if it has one.
+    pub fn kind_schema(&self, gvk: &Gvk) -> Option<&Value> {
+        self.definition_of(gvk)
+            .and_then(|name| self.definition(name))
+    }
+
     /// The schema a definition name names.
     pub fn definition(&self, name: &str) -> Option<&Value> {
         self.schemas.get(name)
