@@ -10,7 +10,21 @@ const TARGET: &str = "wasm32-wasip2";
 
 /// Every guest crate in `plugins/`, by package name. The constant it becomes is the name in
 /// upper case with `-` turned into `_`.
-const GUESTS: &[&str] = &["probe"];
+const GUESTS: &[&str] = &[
+    "probe",
+    "node-name",
+    "node-unschedulable",
+    "node-resources-fit",
+    "node-affinity",
+    "taint-toleration",
+    "pod-topology-spread",
+    "least-allocated",
+    "most-allocated",
+    "balanced-allocation",
+];
+
+/// Guests embedded only with the `testing` feature: misbehaving plugins for containment tests.
+const TESTING_GUESTS: &[&str] = &["misbehave"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -21,7 +35,7 @@ fn main() {
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
-    for watched in ["plugins", "wit"] {
+    for watched in ["plugins", "wit", "sdk"] {
         rerun_if_changed(&root.join(watched));
     }
 
@@ -65,7 +79,11 @@ fn main() {
         "/// The built-in components, by package name.\npub const ALL: &[Builtin] = &[\n",
     );
     let mut constants = String::new();
-    for guest in GUESTS {
+    let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
+    let embedded_guests = GUESTS
+        .iter()
+        .chain(TESTING_GUESTS.iter().filter(|_| testing));
+    for guest in embedded_guests {
         let file = guest.replace('-', "_");
         let built = target_dir
             .join(TARGET)

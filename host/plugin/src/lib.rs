@@ -1,87 +1,139 @@
 //! The plugin host: the wasmtime engine that runs Flotilla's policy plugins.
 //!
 //! This crate owns the engine configuration (component model, pooling allocator, epoch
-//! interruption), the per-instance limits, module digests, and the only WIT host bindings in the
-//! project (generated from `wit/` in [`bindings`]). It must not know which plugin kind serves
-//! which purpose beyond the world it binds: scheduling, admission and the rest drive plugins
-//! through it.
+//! interruption), the compiled-artifact cache on disk ([`cache`]), the checks a component
+//! passes before it is instantiated ([`world`]), the per-call limits (deadline, memory, bytes
+//! crossing the boundary), the host side of the imported interfaces ([`host`]), hot-swap and
+//! health bookkeeping ([`swap`]), and the only WIT host bindings in the project
+//! ([`bindings`]). It must not know what a plugin kind is for beyond the world it binds:
+//! scheduling, admission and the rest drive plugins through the typed handles here
+//! ([`SchedulerPolicy`], …), and fetching modules or reporting status belongs to them.
 
+pub mod bindings;
+mod cache;
+mod host;
+mod scheduler;
+mod stderr;
+mod swap;
+mod world;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::ResourceTable;
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-/// Host bindings for every world in `wit/`. Generated here and nowhere else.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit/plugin",
-        world: "probe",
-    });
-}
+pub use cache::CacheStats;
+pub use host::{ApiWriter, CacheReader, EndpointLoad, Services, Status};
+pub use scheduler::SchedulerPolicy;
+pub use swap::{DEGRADED_AFTER, Health, Swap};
+pub use world::World;
 
-/// The version of the `flotilla:plugin` WIT package this host serves.
+use bindings::meta;
+use cache::ArtifactCache;
+use host::{HostState, Stop};
+
+/// The WIT package every plugin is built against.
+pub const WIT_PACKAGE: &str = "flotilla:plugin";
+/// The version of that package this host serves.
 pub const WIT_VERSION: &str = "0.1.0";
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Hard limits applied to every plugin call.
-#[derive(Clone, Debug)]
+/// Extra time the host allows past a call's deadline before it abandons the call from outside
+/// (the epoch and host-call timeouts normally stop it first).
+const ABANDON_AFTER: Duration = Duration::from_millis(250);
+
+/// Limits applied to one plugin instance and each call into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Most linear memory one instance may grow to.
+    /// Most linear memory the instance may grow to.
     pub memory_bytes: usize,
-    /// Longest a call may run before it is interrupted.
+    /// Longest one call may take, host calls included.
     pub call_deadline: Duration,
+    /// Most bytes that may cross the boundary (arguments, results, host-call data) in one call.
+    pub boundary_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             memory_bytes: 64 * 1024 * 1024,
-            call_deadline: Duration::from_millis(100),
+            call_deadline: Duration::from_secs(1),
+            boundary_bytes: 16 * 1024 * 1024,
         }
     }
 }
 
-/// A plugin failure. Every variant names the plugin and its module digest.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    #[error("plugin {name} ({digest}) failed to compile: {message}")]
-    Compile {
-        name: String,
-        digest: String,
-        message: String,
-    },
-    #[error("plugin {name} ({digest}) failed to instantiate: {message}")]
-    Instantiate {
-        name: String,
-        digest: String,
-        message: String,
-    },
-    #[error("plugin {name} ({digest}) trapped: {message}")]
-    Trap {
-        name: String,
-        digest: String,
-        message: String,
-    },
-    #[error(
-        "plugin {name} ({digest}) was built against flotilla:plugin@{found}; this host serves @{expected}"
-    )]
-    Incompatible {
-        name: String,
-        digest: String,
-        found: String,
-        expected: String,
-    },
-    #[error("plugin engine: {0}")]
-    Engine(String),
+/// The engine's configuration, fixed for the life of the host.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where compiled artifacts are kept; none compiles in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances alive at once, across all plugins (the pooling allocator's slots).
+    pub max_instances: u32,
+    /// The largest memory any instance may have; per-plugin limits are at most this.
+    pub max_memory_bytes: usize,
 }
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 256,
+            max_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What went wrong with a plugin. Always wrapped in a [`PluginError`] naming the plugin.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("does not match its digest: got {actual}")]
+    Digest { actual: String },
+    #[error("failed to compile: {0}")]
+    Compile(String),
+    #[error("was built against {WIT_PACKAGE}@{found}; this host serves @{WIT_VERSION}")]
+    Incompatible { found: String },
+    #[error("is not a {world} plugin: {message}")]
+    WrongWorld { world: World, message: String },
+    #[error("failed to instantiate: {0}")]
+    Instantiate(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("ran past its deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("exceeded its memory limit of {limit} bytes")]
+    Memory { limit: usize },
+    #[error("sent more than {limit} bytes across the boundary in one call")]
+    Boundary { limit: usize },
+    #[error("returned an invalid result: {0}")]
+    Invalid(String),
+    #[error("reported an error: {0}")]
+    Reported(String),
+    #[error("failed its self-check: {0}")]
+    SelfCheck(String),
+    #[error("is unusable after an earlier failure ({0}); it must be instantiated again")]
+    Poisoned(String),
+}
+
+/// A plugin failure, naming the plugin and the digest of its module.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin} ({digest}) {failure}")]
+pub struct PluginError {
+    pub plugin: String,
+    pub digest: String,
+    pub failure: Failure,
+}
+
+/// The engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin engine: {0}")]
+pub struct EngineError(String);
 
 /// What a plugin says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,30 +143,9 @@ pub struct PluginInfo {
     pub wit_version: String,
 }
 
-/// A compiled plugin module, identified by its sha256 digest.
-#[derive(Clone, Debug)]
-pub struct Module {
-    pub name: String,
-    pub digest: String,
-    component: Component,
-}
-
-/// The state every plugin instance's store carries.
-struct HostState {
-    limits: StoreLimits,
-    /// Plugins built with a standard library import WASI. They get a sandbox: no arguments,
-    /// environment, files or sockets; stdio goes nowhere.
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
+/// The sha256 digest of a module, as `sha256:<hex>`.
+pub fn digest(wasm: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(wasm)))
 }
 
 /// The wasmtime engine with Flotilla's configuration, and a thread that advances its epoch.
@@ -122,7 +153,8 @@ impl WasiView for HostState {
 pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    limits: Limits,
+    cache: Arc<ArtifactCache>,
+    max_memory_bytes: usize,
     /// Held, never read: the epoch thread runs while any handle to this host exists.
     _ticker: Arc<Ticker>,
 }
@@ -130,7 +162,7 @@ pub struct PluginHost {
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginHost")
-            .field("limits", &self.limits)
+            .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
@@ -146,29 +178,31 @@ impl Drop for Ticker {
     }
 }
 
-/// The sha256 digest of a module, as `sha256:<hex>`.
-pub fn digest(wasm: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(wasm)))
+fn engine_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError(e.to_string())
 }
 
 impl PluginHost {
-    pub fn new(limits: Limits) -> Result<Self, PluginError> {
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(256)
-            .total_core_instances(256)
-            .total_memories(256)
-            .total_tables(256)
-            .max_memory_size(limits.memory_bytes);
-        let mut config = Config::new();
-        config
+            .total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory_bytes);
+        let mut engine_config = Config::new();
+        engine_config
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&engine_config).map_err(engine_error)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+        bindings::Host_::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(engine_error)?;
+        let cache = ArtifactCache::new(&engine, config.cache_dir).map_err(engine_error)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -184,81 +218,346 @@ impl PluginHost {
                     }
                 }
             })
-            .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
+            .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
-            limits,
+            cache: Arc::new(cache),
+            max_memory_bytes: config.max_memory_bytes,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+
+    /// How many modules this host compiled and how many it loaded from disk.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.cache.stats
+    }
+
+    /// Loads a module for `world`: checks `wasm` against `expected` (a `sha256:` digest, when
+    /// given), takes the compiled artifact from the cache or compiles it, and checks the
+    /// component's WIT version, exports and imports. Nothing is instantiated yet.
+    pub fn load(
+        &self,
+        name: &str,
+        world: World,
+        wasm: &[u8],
+        expected: Option<&str>,
+    ) -> Result<Module, PluginError> {
+        let actual = digest(wasm);
+        let fail = |failure| PluginError {
+            plugin: name.to_owned(),
+            digest: expected.unwrap_or(&actual).to_owned(),
+            failure,
+        };
+        if expected.is_some_and(|expected| expected != actual) {
+            return Err(fail(Failure::Digest {
+                actual: actual.clone(),
+            }));
+        }
+        let hex = &actual["sha256:".len()..];
+        let component = match self.cache.get(&self.engine, hex) {
+            Some(component) => component,
+            None => self
+                .cache
+                .compile(&self.engine, hex, wasm)
+                .map_err(|e| fail(Failure::Compile(format!("{e:#}"))))?,
+        };
+        self.prepare(name, world, &actual, component)
+    }
+
+    /// Loads a module by digest from the artifact cache alone, without its bytes: none when
+    /// this host has no artifact for it.
+    pub fn load_cached(
+        &self,
+        name: &str,
+        world: World,
+        digest: &str,
+    ) -> Option<Result<Module, PluginError>> {
+        let hex = digest.strip_prefix("sha256:")?;
+        let component = self.cache.get(&self.engine, hex)?;
+        Some(self.prepare(name, world, digest, component))
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        world: World,
+        digest: &str,
+        component: wasmtime::component::Component,
+    ) -> Result<Module, PluginError> {
+        let fail = |failure| PluginError {
+            plugin: name.to_owned(),
+            digest: digest.to_owned(),
+            failure,
+        };
+        world::check(&self.engine, &component, world).map_err(fail)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
+        Ok(Module {
+            name: name.into(),
+            digest: digest.into(),
+            world,
+            pre,
+            max_memory_bytes: self.max_memory_bytes,
+            engine: self.engine.clone(),
+        })
+    }
+}
+
+/// A compiled, checked module, ready to instantiate as often as needed.
+#[derive(Clone)]
+pub struct Module {
+    name: Arc<str>,
+    digest: Arc<str>,
+    world: World,
+    pre: InstancePre<HostState>,
+    max_memory_bytes: usize,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("world", &self.world)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Module {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    fn error(&self, failure: Failure) -> PluginError {
+        PluginError {
+            plugin: self.name.to_string(),
+            digest: self.digest.to_string(),
+            failure,
+        }
+    }
+
+    /// A fresh instance with its own store, memory limit and services. Its `info` has been
+    /// read and its WIT version checked.
+    pub async fn instantiate(
+        &self,
+        limits: Limits,
+        services: Services,
+    ) -> Result<Instance, PluginError> {
+        let memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
+        let state = HostState::new(
+            self.name.clone(),
+            self.digest.clone(),
+            services,
+            memory_bytes,
+            limits.boundary_bytes,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+        store.data_mut().deadline = Instant::now() + limits.call_deadline;
+        let instance = match tokio::time::timeout(
+            limits.call_deadline + ABANDON_AFTER,
+            self.pre.instantiate_async(&mut store),
+        )
+        .await
+        {
+            Ok(Ok(instance)) => instance,
+            Ok(Err(e)) => {
+                return Err(self.error(classify(e, store.data_mut(), limits.call_deadline)));
+            }
+            Err(_) => return Err(self.error(Failure::Deadline(limits.call_deadline))),
+        };
+        let meta = meta::GuestIndices::new(&self.pre)
+            .and_then(|indices| indices.load(&mut store, &instance))
+            .map_err(|e| self.error(Failure::Instantiate(format!("{e:#}"))))?;
+        let mut instance = Instance {
+            module: self.clone(),
+            store,
+            instance,
+            meta,
+            limits,
+            poisoned: None,
+        };
+        let info = instance.info().await?;
+        if info.wit_version != WIT_VERSION {
+            return Err(self.error(Failure::Incompatible {
+                found: info.wit_version,
+            }));
+        }
+        Ok(instance)
+    }
+}
+
+/// Awaits a call, abandoning it a little after its deadline if the epoch and host-call
+/// timeouts have not stopped it (none when abandoned).
+async fn within<R>(
+    deadline: Duration,
+    call: impl Future<Output = wasmtime::Result<R>>,
+) -> Option<wasmtime::Result<R>> {
+    tokio::time::timeout(deadline + ABANDON_AFTER, call)
+        .await
+        .ok()
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
+}
+
+/// Turns a wasmtime error into a failure, using what the host recorded about why it stopped
+/// the call and what the guest wrote to stderr (a panic's message).
+fn classify(error: wasmtime::Error, state: &mut HostState, deadline: Duration) -> Failure {
+    let stderr = state.stderr.take();
+    match state.stopped.take() {
+        Some(Stop::Memory { limit }) => return Failure::Memory { limit },
+        Some(Stop::Boundary { limit }) => return Failure::Boundary { limit },
+        Some(Stop::Deadline) => return Failure::Deadline(deadline),
+        None => {}
+    }
+    let mut message = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return Failure::Deadline(deadline),
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("note: run with"))
+        .collect();
+    if !said.is_empty() {
+        message.push_str(": ");
+        message.push_str(&said.join(" "));
+    }
+    Failure::Trap(message)
+}
+
+/// One live plugin instance. Calls run one at a time (`&mut self`); each has the deadline and
+/// byte budget of the instance's limits. After a trap or a stop the instance is poisoned —
+/// its memory may be half-updated — and every later call fails until the owner replaces it.
+pub struct Instance {
+    module: Module,
+    store: Store<HostState>,
+    instance: wasmtime::component::Instance,
+    meta: meta::Guest,
+    limits: Limits,
+    poisoned: Option<String>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("module", &self.module)
+            .field("limits", &self.limits)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    pub fn module(&self) -> &Module {
+        &self.module
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Compiles a module. The error names the plugin and the digest of what it was given.
-    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<Module, PluginError> {
-        let digest = digest(wasm);
-        let component = Component::new(&self.engine, wasm).map_err(|e| PluginError::Compile {
-            name: name.to_owned(),
-            digest: digest.clone(),
-            message: format!("{e:#}"),
-        })?;
-        Ok(Module {
-            name: name.to_owned(),
-            digest,
-            component,
-        })
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
-    fn store(&self) -> Store<HostState> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = HostState {
-            limits,
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        let ticks = self.limits.call_deadline.as_millis().max(1) as u64;
-        store.set_epoch_deadline(ticks / EPOCH_TICK.as_millis().max(1) as u64);
-        store
+    /// A failure of this instance's plugin.
+    pub fn error(&self, failure: Failure) -> PluginError {
+        self.module.error(failure)
     }
 
-    /// Instantiates a module and asks it what it is; refuses a plugin built against another WIT
-    /// version before trusting it with anything else.
-    pub fn describe(&self, module: &Module) -> Result<PluginInfo, PluginError> {
-        let mut store = self.store();
-        let probe = bindings::Probe::instantiate(&mut store, &module.component, &self.linker)
-            .map_err(|e| PluginError::Instantiate {
-                name: module.name.clone(),
-                digest: module.digest.clone(),
-                message: format!("{e:#}"),
-            })?;
-        let info = probe
-            .flotilla_plugin_meta()
-            .call_info(&mut store)
-            .map_err(|e| PluginError::Trap {
-                name: module.name.clone(),
-                digest: module.digest.clone(),
-                message: format!("{e:#}"),
-            })?;
-        if info.wit_version != WIT_VERSION {
-            return Err(PluginError::Incompatible {
-                name: module.name.clone(),
-                digest: module.digest.clone(),
-                found: info.wit_version,
-                expected: WIT_VERSION.to_owned(),
-            });
+    /// Counts bytes the caller is about to send or has received against the call's budget.
+    fn charge(&mut self, bytes: usize) -> Result<(), PluginError> {
+        let limit = self.limits.boundary_bytes;
+        if bytes > limit {
+            return Err(self.error(Failure::Boundary { limit }));
         }
+        Ok(())
+    }
+
+    /// Starts a call: refuses a poisoned instance, charges the arguments' size, and arms the
+    /// deadline. The call itself is awaited with [`within`], then given to [`Instance::finish`].
+    fn begin(&mut self, inputs: usize) -> Result<Duration, PluginError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(self.error(Failure::Poisoned(reason.clone())));
+        }
+        self.charge(inputs)?;
+        let deadline = self.limits.call_deadline;
+        let state = self.store.data_mut();
+        state.crossed = inputs;
+        state.stopped = None;
+        state.deadline = Instant::now() + deadline;
+        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        Ok(deadline)
+    }
+
+    /// Ends a call: checks the result's size against the budget and turns a failure into a
+    /// [`PluginError`], poisoning the instance.
+    fn finish<R>(
+        &mut self,
+        outcome: Option<wasmtime::Result<R>>,
+        outputs: impl FnOnce(&R) -> usize,
+    ) -> Result<R, PluginError> {
+        let deadline = self.limits.call_deadline;
+        let failure = match outcome {
+            Some(Ok(result)) => {
+                let crossed = self.store.data().crossed.saturating_add(outputs(&result));
+                if crossed <= self.limits.boundary_bytes {
+                    return Ok(result);
+                }
+                Failure::Boundary {
+                    limit: self.limits.boundary_bytes,
+                }
+            }
+            Some(Err(error)) => classify(error, self.store.data_mut(), deadline),
+            None => Failure::Deadline(deadline),
+        };
+        self.poisoned = Some(failure.to_string());
+        Err(self.error(failure))
+    }
+
+    /// The plugin's own description.
+    pub async fn info(&mut self) -> Result<PluginInfo, PluginError> {
+        let deadline = self.begin(0)?;
+        let outcome = within(deadline, self.meta.call_info(&mut self.store)).await;
+        let info = self.finish(outcome, |info| {
+            info.name.len() + info.version.len() + info.wit_version.len()
+        })?;
         Ok(PluginInfo {
             name: info.name,
             version: info.version,
             wit_version: info.wit_version,
         })
+    }
+
+    /// The plugin's self-check, run on a fresh instance before it takes any work.
+    pub async fn self_check(&mut self) -> Result<(), PluginError> {
+        let deadline = self.begin(0)?;
+        let outcome = within(deadline, self.meta.call_self_check(&mut self.store)).await;
+        self.finish(outcome, |result| {
+            result.as_ref().err().map_or(0, String::len)
+        })?
+        .map_err(|message| self.error(Failure::SelfCheck(message)))
     }
 }

@@ -16,6 +16,10 @@ impl exports::flotilla::plugin::meta::Guest for Probe {
             wit_version: "0.1.0".to_owned(),
         }
     }
+
+    fn self_check() -> Result<(), String> {
+        Ok(())
+    }
 }
 
 export!(Probe);

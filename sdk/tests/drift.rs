@@ -1,0 +1,62 @@
+//! The SDK, the host and the WIT files must agree on what `flotilla:plugin` is.
+//!
+//! `wit/VERSIONS` records, for each released version of the package, the digest of its WIT
+//! files. Changing a `.wit` file without recording it (and, once plugins exist outside this
+//! repository, bumping the version) fails here.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+fn wit_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/plugin"))
+}
+
+/// The digest of the package's WIT files: names and contents, in name order.
+fn wit_digest() -> String {
+    let mut files: Vec<_> = std::fs::read_dir(wit_dir())
+        .expect("wit/plugin")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wit"))
+        .collect();
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.file_name().unwrap().to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(std::fs::read(&file).expect("read"));
+        hasher.update([0]);
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+fn package_version() -> String {
+    let meta = std::fs::read_to_string(wit_dir().join("meta.wit")).expect("meta.wit");
+    let line = meta
+        .lines()
+        .find_map(|l| l.strip_prefix("package flotilla:plugin@"))
+        .expect("package line");
+    line.trim_end_matches(';').to_owned()
+}
+
+#[test]
+fn the_sdk_carries_the_version_of_the_wit_package() {
+    assert_eq!(flotilla_sdk::WIT_VERSION, package_version());
+}
+
+#[test]
+fn the_wit_files_match_their_recorded_digest() {
+    let versions = std::fs::read_to_string(wit_dir().join("../VERSIONS")).expect("wit/VERSIONS");
+    let wanted = format!("flotilla:plugin@{}", package_version());
+    let recorded = versions
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&format!("{wanted} ")))
+        .unwrap_or_else(|| panic!("wit/VERSIONS has no line for {wanted}"));
+    assert_eq!(
+        recorded.trim(),
+        wit_digest(),
+        "wit/plugin changed without updating wit/VERSIONS; if plugins built against the \
+         recorded files can no longer load, bump the package version too"
+    );
+}
