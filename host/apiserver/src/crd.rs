@@ -204,7 +204,51 @@ pub(crate) fn validate(crd: &Value) -> Vec<StatusCause> {
     causes
 }
 
+/// Flotilla's own API group (`plugins.flotilla.dev`): WasmPlugin, WasmModule,
+/// WasmModuleChunk and SchedulerProfile, as definitions the server installs.
+const OWN_DEFINITIONS: &str = include_str!("definitions.yaml");
+
 impl ApiServer {
+    /// Installs Flotilla's own definitions: creates them when missing and brings their spec up
+    /// to this version's when it differs. Objects of these kinds are untouched.
+    pub(crate) async fn install_own_definitions(&self) -> Result<(), ApiError> {
+        let resource = self.definitions();
+        for document in serde_yaml::Deserializer::from_str(OWN_DEFINITIONS) {
+            let definition: Value =
+                serde::Deserialize::deserialize(document).expect("definitions.yaml is valid YAML");
+            let name = definition["metadata"]["name"]
+                .as_str()
+                .expect("definitions have names")
+                .to_owned();
+            let target = crate::Target {
+                resource: &resource,
+                namespace: None,
+                name: Some(name.clone()),
+                subresource: None,
+            };
+            let current = match crate::current_object(self, &target).await {
+                Ok(current) => current,
+                Err(e) if e.0.reason == flotilla_api::StatusReason::NotFound => {
+                    let create = crate::Target {
+                        name: None,
+                        ..target
+                    };
+                    crate::create_object(self, &create, definition).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut stored = decode(&current)?;
+            if stored["spec"] == definition["spec"] {
+                continue;
+            }
+            tracing::info!(name, "updating a built-in definition to this version's");
+            stored["spec"] = definition["spec"].clone();
+            crate::replace(self, &target, &current, stored).await?;
+        }
+        Ok(())
+    }
+
     /// The CustomResourceDefinition resource.
     fn definitions(&self) -> ResourceDef {
         self.find("apiextensions.k8s.io", "v1", "customresourcedefinitions")

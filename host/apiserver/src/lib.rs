@@ -280,6 +280,7 @@ impl ApiServer {
                 self.terminate_namespace(name.to_owned());
             }
         }
+        self.install_own_definitions().await?;
         self.reload_custom_resources().await
     }
 

@@ -256,3 +256,69 @@ async fn scale_follows_the_definitions_paths() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(api.get(&format!("{pools}/p")).await.1["spec"]["size"], 5);
 }
+
+#[tokio::test]
+async fn flotillas_own_kinds_are_installed_at_start_and_kept_across_restarts() {
+    use flotilla_apiserver::{ApiOptions, ApiServer};
+    let dir = tempfile::tempdir().unwrap();
+    let store: flotilla_store::SharedStore = std::sync::Arc::new(
+        flotilla_store::EmbeddedStore::open(dir.path(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let first = ApiServer::with_options(store.clone(), ApiOptions::default());
+    first.bootstrap().await.unwrap();
+    let api = Api::on(common::serve(first, store.clone(), dir).await).await;
+
+    let (code, discovery) = api.get("/apis/plugins.flotilla.dev/v1alpha1").await;
+    assert_eq!(code, StatusCode::OK, "{discovery}");
+    let names: Vec<&str> = discovery["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for wanted in [
+        "wasmplugins",
+        "wasmplugins/status",
+        "wasmmodules",
+        "wasmmodulechunks",
+        "schedulerprofiles",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+
+    let plugins = "/apis/plugins.flotilla.dev/v1alpha1/wasmplugins";
+    let plugin = |kind: &str| {
+        json!({"apiVersion": "plugins.flotilla.dev/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "spread"},
+            "spec": {"kind": kind, "module": {"digest": format!("sha256:{}", "0".repeat(64))}}})
+    };
+    let (code, refused) = api
+        .send(Method::POST, plugins, Some(plugin("nonsense")))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("spec.kind"),
+        "{refused}"
+    );
+    let (code, created) = api
+        .send(Method::POST, plugins, Some(plugin("scheduler-policy")))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["spec"]["failurePolicy"], "Fail",
+        "defaulted from the schema"
+    );
+
+    // A restart installs nothing new: the definitions keep their resourceVersion.
+    let path = format!("{CRDS}/wasmplugins.plugins.flotilla.dev");
+    let (_, before) = api.get(&path).await;
+    let second = ApiServer::with_options(store, ApiOptions::default());
+    second.bootstrap().await.unwrap();
+    let (_, after) = api.get(&path).await;
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
+}

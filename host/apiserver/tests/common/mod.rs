@@ -28,7 +28,11 @@ pub async fn start_with(options: ApiOptions) -> Server {
 
 /// A server over `store`; `dir` lives as long as the server.
 pub async fn start_on(store: SharedStore, options: ApiOptions, dir: tempfile::TempDir) -> Server {
-    let api = ApiServer::with_options(store.clone(), options);
+    serve(ApiServer::with_options(store.clone(), options), store, dir).await
+}
+
+/// Serves `api` (over `store`) on a free port; `dir` lives as long as the server.
+pub async fn serve(api: Arc<ApiServer>, store: SharedStore, dir: tempfile::TempDir) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api.router()).await });
