@@ -29,7 +29,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use cache::CacheStats;
 pub use host::{ApiWriter, CacheReader, EndpointLoad, Services, Status};
 pub use scheduler::SchedulerPolicy;
-pub use swap::{DEGRADED_AFTER, Health, Swap};
+pub use swap::{DEGRADED_AFTER, DEGRADED_WINDOW, Health, Swap};
 pub use world::World;
 
 use bindings::meta;

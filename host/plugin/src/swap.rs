@@ -1,6 +1,8 @@
 //! Hot swap and health: the pieces every plugin consumer shares.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 /// The active value of a hot-swappable plugin slot. Readers take an `Arc` for the length of
 /// their call, so a swap never disturbs a call in flight: it finishes on the value it started
@@ -32,31 +34,46 @@ impl<T> Swap<T> {
     }
 }
 
-/// Consecutive failures after which a plugin is reported Degraded.
-pub const DEGRADED_AFTER: u32 = 3;
+/// Failures within [`DEGRADED_WINDOW`] after which a plugin is reported Degraded.
+pub const DEGRADED_AFTER: usize = 3;
+/// How long a failure counts towards Degraded.
+pub const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
 
-/// A plugin's recent record: consecutive failures and the last error. One success clears it.
+/// A plugin's recent record: failures within the last minute and the last error. A plugin is
+/// Degraded while [`DEGRADED_AFTER`] or more of its calls failed within [`DEGRADED_WINDOW`];
+/// successes in between do not hide a plugin that keeps failing on some calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
-    pub consecutive_failures: u32,
+    recent: VecDeque<Instant>,
     pub total_failures: u64,
     pub last_error: Option<String>,
 }
 
 impl Health {
-    pub fn succeeded(&mut self) {
-        self.consecutive_failures = 0;
+    pub fn failed(&mut self, error: &impl std::fmt::Display) {
+        self.failed_at(error, Instant::now());
     }
 
-    pub fn failed(&mut self, error: &impl std::fmt::Display) {
-        self.consecutive_failures += 1;
+    pub fn failed_at(&mut self, error: &impl std::fmt::Display, at: Instant) {
+        self.recent.push_back(at);
+        if self.recent.len() > DEGRADED_AFTER {
+            self.recent.pop_front();
+        }
         self.total_failures += 1;
         self.last_error = Some(error.to_string());
     }
 
-    /// Failing repeatedly: [`DEGRADED_AFTER`] calls in a row failed.
+    /// Failing repeatedly, as of now.
     pub fn degraded(&self) -> bool {
-        self.consecutive_failures >= DEGRADED_AFTER
+        self.degraded_at(Instant::now())
+    }
+
+    pub fn degraded_at(&self, now: Instant) -> bool {
+        self.recent.len() >= DEGRADED_AFTER
+            && self
+                .recent
+                .front()
+                .is_some_and(|first| now.duration_since(*first) <= DEGRADED_WINDOW)
     }
 }
 
@@ -75,17 +92,20 @@ mod tests {
     }
 
     #[test]
-    fn repeated_failures_degrade_and_one_success_clears_them() {
+    fn repeated_failures_degrade_until_they_age_out() {
         let mut health = Health::default();
-        for _ in 0..DEGRADED_AFTER - 1 {
-            health.failed(&"boom");
+        let start = Instant::now();
+        for i in 0..DEGRADED_AFTER - 1 {
+            health.failed_at(&"boom", start + Duration::from_secs(i as u64));
         }
-        assert!(!health.degraded());
-        health.failed(&"boom");
-        assert!(health.degraded());
+        assert!(!health.degraded_at(start + Duration::from_secs(5)));
+        health.failed_at(&"boom", start + Duration::from_secs(10));
+        assert!(health.degraded_at(start + Duration::from_secs(10)));
         assert_eq!(health.last_error.as_deref(), Some("boom"));
-        health.succeeded();
-        assert!(!health.degraded());
-        assert_eq!(health.total_failures, u64::from(DEGRADED_AFTER));
+        assert!(
+            !health.degraded_at(start + DEGRADED_WINDOW + Duration::from_secs(1)),
+            "a quiet minute clears it"
+        );
+        assert_eq!(health.total_failures, DEGRADED_AFTER as u64);
     }
 }

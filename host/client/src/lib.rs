@@ -1,0 +1,31 @@
+//! The client side of Flotilla's own components.
+//!
+//! The scheduler, controllers, agents and proxies are API clients, even inside one `flotilla
+//! up` process: they reach the API server over HTTPS with a token, as any client would. This
+//! crate gives them a [`kube::Client`] from a kubeconfig ([`connect`]), leader election
+//! through a coordination.k8s.io Lease ([`leader`]), and Flotilla's plugin objects
+//! ([`plugins`]): WasmPlugin specs, module bytes fetched and checked by digest (built in,
+//! uploaded in chunks through the API, or an https URL), and status reports.
+//!
+//! It must not reach the store, and it holds no policy: what a component does with a plugin is
+//! the component's business.
+
+pub mod leader;
+pub mod plugins;
+
+pub use kube;
+
+/// A client for the cluster a kubeconfig describes (its current context).
+pub async fn connect(kubeconfig: &str) -> Result<kube::Client, kube::Error> {
+    let config =
+        kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(kube::Error::InferKubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
+    kube::Client::try_from(config)
+}
+
+/// The current time as Kubernetes writes it in conditions (`2026-01-02T03:04:05Z`).
+pub fn now_rfc3339() -> String {
+    k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true)
+}
