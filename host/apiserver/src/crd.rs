@@ -414,18 +414,39 @@ fn established(crd: &Value) -> bool {
         .any(|c| c["type"] == "Established" && c["status"] == "True")
 }
 
-/// The value at a simple JSONPath (`.spec.replicas`, `{.status.phase}`).
+/// The value at a JSONPath of the forms printer columns and scale paths use: fields
+/// (`.spec.replicas`, `{.status.phase}`), indexes (`.items[0]`) and equality filters
+/// (`.conditions[?(@.type=="Ready")].status`, first match).
 pub(crate) fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
-    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}');
     let mut at = object;
-    for segment in path.split('.').filter(|s| !s.is_empty()) {
-        at = match segment.split_once('[') {
-            Some((field, index)) => {
-                let index: usize = index.trim_end_matches(']').parse().ok()?;
-                at.get(field)?.get(index)?
-            }
-            None => at.get(segment)?,
-        };
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            let selector = &inner[..end];
+            rest = &inner[end + 1..];
+            at = match selector
+                .strip_prefix("?(")
+                .and_then(|f| f.strip_suffix(')'))
+            {
+                Some(filter) => {
+                    let (field, wanted) = filter.split_once("==")?;
+                    let field = field.trim().strip_prefix('@')?;
+                    let wanted = wanted.trim().trim_matches(|c| c == '"' || c == '\'');
+                    at.as_array()?.iter().find(|item| {
+                        json_path(item, field).and_then(Value::as_str) == Some(wanted)
+                    })?
+                }
+                None => at.get(selector.trim().parse::<usize>().ok()?)?,
+            };
+            continue;
+        }
+        let field = rest.strip_prefix('.').unwrap_or(rest);
+        let end = field.find(['.', '[']).unwrap_or(field.len());
+        if end > 0 {
+            at = at.get(&field[..end])?;
+        }
+        rest = &field[end..];
     }
     Some(at)
 }
@@ -489,5 +510,17 @@ mod tests {
             Some(&json!("a"))
         );
         assert_eq!(json_path(&object, ".spec.missing"), None);
+        let object = json!({"status": {"conditions": [
+            {"type": "Degraded", "status": "False"},
+            {"type": "Ready", "status": "True"},
+        ]}});
+        assert_eq!(
+            json_path(&object, r#".status.conditions[?(@.type=="Ready")].status"#),
+            Some(&json!("True"))
+        );
+        assert_eq!(
+            json_path(&object, ".status.conditions[?(@.type=='Missing')].status"),
+            None
+        );
     }
 }

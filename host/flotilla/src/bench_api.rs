@@ -63,12 +63,13 @@ pub struct ApiBenchArgs {
     dir: Option<PathBuf>,
 }
 
-/// A `flotilla server` child process and how to reach it.
-struct ServerProcess {
+/// A `flotilla server` child process (without its scheduler) and how to reach it.
+pub(crate) struct ServerProcess {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     token: String,
     ca_pem: String,
+    pub(crate) kubeconfig: String,
 }
 
 impl Drop for ServerProcess {
@@ -79,7 +80,7 @@ impl Drop for ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(data_dir: &Path, datastore: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(data_dir: &Path, datastore: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args([
                 "server",
@@ -87,6 +88,7 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--datastore",
                 datastore,
+                "--disable-scheduler",
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -104,13 +106,14 @@ impl ServerProcess {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        let credentials = Credentials::parse(&std::fs::read_to_string(&kubeconfig)?)
-            .map_err(anyhow::Error::msg)?;
+        let kubeconfig = std::fs::read_to_string(&kubeconfig)?;
+        let credentials = Credentials::parse(&kubeconfig).map_err(anyhow::Error::msg)?;
         Ok(Self {
             child,
             url: credentials.server,
             token: credentials.token.context("the kubeconfig has no token")?,
             ca_pem: credentials.ca_pem.context("the kubeconfig has no CA")?,
+            kubeconfig,
         })
     }
 
@@ -124,12 +127,12 @@ impl ServerProcess {
     }
 
     /// CPU time the server process has used.
-    fn cpu(&self) -> Duration {
+    pub(crate) fn cpu(&self) -> Duration {
         cpu_time(&self.child.id().to_string())
     }
 
     /// Resident and peak memory of the server process, in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
+    pub(crate) fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         let field = |name: &str| {

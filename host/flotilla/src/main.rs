@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_api;
+mod bench_schedule;
+mod components;
 mod server;
 
 #[derive(Debug, Parser)]
@@ -41,6 +43,9 @@ struct ServeArgs {
     /// More names or addresses for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    disable_scheduler: bool,
 }
 
 impl ServeArgs {
@@ -52,6 +57,7 @@ impl ServeArgs {
             compaction_window: window(self.compaction_window),
             plain_http: self.plain_http,
             tls_sans: self.tls_sans,
+            scheduler: !self.disable_scheduler,
         }
     }
 }
@@ -68,6 +74,16 @@ enum Command {
         #[arg(long, default_value = "embedded")]
         datastore: flotilla_store::Datastore,
     },
+    /// Run a scheduler against a cluster (a second replica, or a control plane started with
+    /// --disable-scheduler). Replicas elect a leader; only it schedules.
+    Scheduler(components::SchedulerArgs),
+    /// Run a node agent. Today: simulated nodes (--simulate N).
+    Agent(components::AgentArgs),
+    /// Manage WasmPlugins.
+    Plugin {
+        #[command(subcommand)]
+        what: components::PluginCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -81,6 +97,9 @@ enum BenchCommand {
     Store(bench::StoreBenchArgs),
     /// API server benchmark: pod creates and watch fan-out against raw etcd, side by side.
     Api(bench_api::ApiBenchArgs),
+    /// Scheduler benchmark (W3): simulated nodes, WASM policies against the same policies
+    /// compiled natively, and a hot swap under load.
+    Schedule(bench_schedule::ScheduleBenchArgs),
 }
 
 /// `--compaction-window` in seconds; 0 turns automatic compaction off.
@@ -107,12 +126,18 @@ fn main() -> anyhow::Result<()> {
                 server::run(serve.config(flotilla_store::Datastore::Embedded)).await
             }
             Command::Server { serve, datastore } => server::run(serve.config(datastore)).await,
+            Command::Scheduler(args) => components::scheduler(args).await,
+            Command::Agent(args) => components::agent(args).await,
+            Command::Plugin { what } => components::plugin(what).await,
             Command::Bench {
                 what: BenchCommand::Store(args),
             } => bench::store(args).await,
             Command::Bench {
                 what: BenchCommand::Api(args),
             } => bench_api::api(args).await,
+            Command::Bench {
+                what: BenchCommand::Schedule(args),
+            } => bench_schedule::schedule(args).await,
         }
     })
 }

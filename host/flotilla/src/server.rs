@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub plain_http: bool,
     /// Extra names and addresses for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Run the scheduler in this process.
+    pub scheduler: bool,
 }
 
 /// The names the serving certificate is made for: loopback, this host, the listen address and
@@ -102,9 +104,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let store = open_store(&config).await?;
     let revision = store.current_revision().await?;
-    let (authenticator, admin_token) =
+    let (mut authenticator, admin_token) =
         Authenticator::load_or_create(&config.data_dir.join("tokens"))
             .context("cannot read the API tokens")?;
+    // In-process components are API clients with their own identity, made fresh each start.
+    let scheduler_token = flotilla_apiserver::authn::new_token()?;
+    authenticator.insert(
+        &scheduler_token,
+        flotilla_apiserver::authn::UserInfo {
+            name: "system:kube-scheduler".into(),
+            uid: "system:kube-scheduler".into(),
+            groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
+        },
+    );
     let pki = Pki::load_or_create(&config.data_dir.join("tls"), &certificate_names(&config))
         .context("cannot make the cluster's certificates")?;
     let tls = (!config.plain_http)
@@ -149,6 +161,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route("/livez", get(|| async { "ok" }))
         .with_state(store)
         .merge(api.router());
+    if config.scheduler {
+        let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &scheduler_token);
+        let cache = config.data_dir.join("plugin-cache");
+        tokio::spawn(async move {
+            if let Err(error) = crate::components::run_scheduler(&kubeconfig, cache, "up").await {
+                tracing::error!("the scheduler stopped: {error:#}");
+            }
+        });
+    }
     let stopping = async {
         shutdown_signal().await;
         api.close_watches();

@@ -36,6 +36,8 @@ pub struct Options {
     pub lease_interval: Duration,
     /// Writes in flight at once.
     pub concurrency: usize,
+    /// Report pods bound to the nodes Running (and complete their deletions).
+    pub run_pods: bool,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             zones: 0,
             lease_interval: Duration::from_secs(10),
             concurrency: 32,
+            run_pods: true,
         }
     }
 }
@@ -150,7 +153,9 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Arc<Stats>,
         stats.clone(),
         gate.clone(),
     ));
-    tokio::spawn(run_pods(client, options, stats.clone(), gate));
+    if options.run_pods {
+        tokio::spawn(run_pods(client, options, stats.clone(), gate));
+    }
     Ok(stats)
 }
 

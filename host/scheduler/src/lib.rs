@@ -101,6 +101,12 @@ pub struct Stats {
     pub swaps: AtomicU64,
     /// Microseconds from the last swap's WasmPlugin event to the first decision that used it.
     pub last_swap_to_decision_micros: AtomicU64,
+    /// When the last swapped-in policy first took part in a decision.
+    pub last_swap_first_decision: std::sync::Mutex<Option<Instant>>,
+    /// Bindings the API server refused (a pod bound twice would be one).
+    pub bind_conflicts: AtomicU64,
+    /// How long each successful scheduling cycle took, in microseconds.
+    pub cycle_micros: std::sync::Mutex<Vec<u32>>,
 }
 
 /// A running scheduler.
@@ -863,8 +869,14 @@ impl Scheduler {
             self.queue.failed(&uid, true, Instant::now());
             return;
         };
+        let started = Instant::now();
         match self.decide(&pod, &profile).await {
             Ok(index) => {
+                self.stats
+                    .cycle_micros
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(started.elapsed().as_micros() as u32);
                 let node = self.nodes.name(index).unwrap_or_default().to_owned();
                 self.assume(&uid, &pod, index);
                 self.bind(uid, pod, node);
@@ -1015,6 +1027,11 @@ impl Scheduler {
             self.stats
                 .last_swap_to_decision_micros
                 .store(micros, Ordering::Relaxed);
+            *self
+                .stats
+                .last_swap_first_decision
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             tracing::info!(
                 plugin,
                 "first decision {micros} µs after the WasmPlugin changed"
@@ -1092,6 +1109,9 @@ impl Scheduler {
                     self.pending_pods.push(Change::PodRemoved(uid.clone()));
                 }
                 let gone = matches!(&error, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+                if matches!(&error, kube::Error::Api(s) if s.code == 409) {
+                    self.stats.bind_conflicts.fetch_add(1, Ordering::Relaxed);
+                }
                 if gone {
                     self.queue.done(&uid);
                     return;
