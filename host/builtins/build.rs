@@ -23,8 +23,9 @@ const GUESTS: &[&str] = &[
     "balanced-allocation",
 ];
 
-/// Guests embedded only with the `testing` feature: misbehaving plugins for containment tests.
-const TESTING_GUESTS: &[&str] = &["misbehave"];
+/// Guests embedded only with the `testing` feature: misbehaving plugins for containment tests,
+/// and the examples the end-to-end tests push to a cluster.
+const TESTING_GUESTS: &[&str] = &["misbehave", "zone-spread"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -35,7 +36,7 @@ fn main() {
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
-    for watched in ["plugins", "wit", "sdk"] {
+    for watched in ["plugins", "wit", "sdk", "examples"] {
         rerun_if_changed(&root.join(watched));
     }
 

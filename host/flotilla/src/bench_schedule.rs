@@ -112,7 +112,7 @@ async fn run(
         run_pods: false,
         ..Default::default()
     };
-    flotilla_node::simulate::start(client.clone(), nodes)
+    let simulation = flotilla_node::simulate::start(client.clone(), nodes)
         .await
         .context("cannot register the simulated nodes")?;
 
@@ -149,7 +149,7 @@ async fn run(
     let cpu_before = server.cpu();
     let started = Instant::now();
     let handle = flotilla_scheduler::start(client.clone(), options).await?;
-    let stats = handle.stats;
+    let stats = handle.stats.clone();
 
     let mut swap_applied = None;
     let mut first_decision = None;
@@ -175,6 +175,8 @@ async fn run(
     }
     let finished = Instant::now();
     let server_cpu = server.cpu().saturating_sub(cpu_before);
+    handle.stop();
+    simulation.stop();
 
     let list = pods.list(&ListParams::default()).await?;
     let bound = list
@@ -264,12 +266,20 @@ fn report(args: &ScheduleBenchArgs, fsync: &Histogram<u64>, runs: &[RunFigures])
             r.server_cpu.as_secs_f64()
         );
     }
-    if let Some(swap) = runs.iter().find_map(|r| r.swap_to_decision) {
-        let _ = writeln!(
-            out,
-            "\nHot swap: from the WasmPlugin update's acknowledgement to the first decision by the new scoring policy: {:.1} ms.",
-            swap.as_secs_f64() * 1000.0
-        );
+    match runs.iter().find_map(|r| r.swap_to_decision) {
+        Some(swap) => {
+            let _ = writeln!(
+                out,
+                "\nHot swap: from the WasmPlugin update's acknowledgement to the first decision by the new scoring policy: {:.1} ms.",
+                swap.as_secs_f64() * 1000.0
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "\nHot swap: the run ended before the new scoring policy took a decision (too few pods)."
+            );
+        }
     }
     out
 }

@@ -1298,3 +1298,235 @@ fn kubectl_get_watch_prints_each_change() {
     run(&["delete", "pod", "web", "-n", "demo"]);
     assert_eq!(next_event(), "DELETED web 0/1 Pending");
 }
+
+/// `flotilla agent --simulate` in its own process, until dropped.
+fn simulated_nodes(kubeconfig: &Path, args: &[&str]) -> Running {
+    let mut child = Command::new(FLOTILLA)
+        .args(["agent", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start flotilla agent");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("flotilla agent exited early; printed {output:?}"))
+            .unwrap();
+        output.push(line.clone());
+        if line.ends_with("simulated nodes running") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        url: String::new(),
+        kubeconfig: kubeconfig.to_owned(),
+        output,
+    }
+}
+
+/// Creates a pod of app `web` for the `zones` scheduler and returns the zone it was placed in.
+fn place_web_pod(kubeconfig: &Path, name: &str) -> (String, String) {
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "run",
+            name,
+            "--image=web.wasm",
+            "--labels=app=web",
+            r#"--overrides={"spec":{"schedulerName":"zones"}}"#,
+        ],
+    );
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=30s",
+        ],
+    );
+    let node = kubectl_ok(
+        kubeconfig,
+        &["get", "pod", name, "-o", "jsonpath={.spec.nodeName}"],
+    );
+    let zone = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "node",
+            &node,
+            "-o",
+            r"jsonpath={.metadata.labels.topology\.kubernetes\.io/zone}",
+        ],
+    );
+    (node, zone)
+}
+
+/// Waits until the scheduler in `up` reports running `digest` for a WasmPlugin.
+fn wait_for_digest(kubeconfig: &Path, plugin: &str, digest: &str) {
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "wait",
+            &format!("--for=jsonpath={{.status.components['scheduler/up'].digest}}={digest}"),
+            &format!("wasmplugin/{plugin}"),
+            "--timeout=30s",
+        ],
+    );
+}
+
+#[test]
+fn a_policy_from_examples_is_pushed_and_hot_swapped_on_a_live_cluster() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let _nodes = simulated_nodes(
+        &kubeconfig,
+        // Small nodes, so one pod's share of a node shows in the (integer) scores.
+        &[
+            "--simulate",
+            "6",
+            "--zones",
+            "3",
+            "--node-prefix",
+            "n-",
+            "--cpu",
+            "1",
+            "--memory",
+            "2Gi",
+        ],
+    );
+    let nodes = kubectl_ok(&kubeconfig, &["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.lines().count(), 6, "{nodes}");
+
+    // A profile whose scoring plugin packs pods (MostAllocated, built in).
+    let packing = flotilla_plugin::digest(flotilla_builtins::find("most-allocated").unwrap().wasm);
+    let manifest = dir.path().join("zones.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: plugins.flotilla.dev/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: placement
+spec:
+  kind: scheduler-policy
+  module:
+    digest: {packing}
+    builtin: most-allocated
+---
+apiVersion: plugins.flotilla.dev/v1alpha1
+kind: SchedulerProfile
+metadata:
+  name: zones
+spec:
+  plugins:
+    - name: node-resources-fit
+    - name: placement
+      weight: 1
+"
+        ),
+    )
+    .unwrap();
+    kubectl_ok(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+    wait_for_digest(&kubeconfig, "placement", &packing);
+    let packed: Vec<(String, String)> = (0..3)
+        .map(|i| place_web_pod(&kubeconfig, &format!("web-{i}")))
+        .collect();
+    assert!(
+        packed.iter().all(|(node, _)| *node == packed[0].0),
+        "MostAllocated packs: {packed:?}"
+    );
+
+    // Push the zone-spread example over it: a hot swap, nothing restarts.
+    let wasm = dir.path().join("zone_spread.wasm");
+    std::fs::write(&wasm, flotilla_builtins::find("zone-spread").unwrap().wasm).unwrap();
+    let output = Command::new(FLOTILLA)
+        .args(["plugin", "push"])
+        .arg(&wasm)
+        .args([
+            "--name",
+            "placement",
+            "--kind",
+            "scheduler-policy",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let spreading = flotilla_plugin::digest(&std::fs::read(&wasm).unwrap());
+    assert_eq!(
+        printed.trim(),
+        format!("wasmplugin.plugins.flotilla.dev/placement runs {spreading}")
+    );
+    wait_for_digest(&kubeconfig, "placement", &spreading);
+    let listed = kubectl_ok(&kubeconfig, &["get", "wasmplugin", "placement"]);
+    assert!(listed.contains(&spreading), "{listed}");
+    assert!(
+        listed.lines().nth(1).unwrap().contains("True"),
+        "Ready: {listed}"
+    );
+
+    // New pods of the app now go to the zones that have none of it.
+    let (_, first) = place_web_pod(&kubeconfig, "web-3");
+    let (_, second) = place_web_pod(&kubeconfig, "web-4");
+    let mut zones = vec![packed[0].1.clone(), first, second];
+    zones.sort();
+    zones.dedup();
+    assert_eq!(
+        zones.len(),
+        3,
+        "one web pod zone before the swap, two new ones after: {zones:?}"
+    );
+    let events = kubectl_ok(
+        &kubeconfig,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web-4",
+        ],
+    );
+    assert!(events.contains("Scheduled"), "{events}");
+}
+
+#[test]
+fn schedule_benchmark_reports_wasm_next_to_native() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FLOTILLA)
+        .args([
+            "bench", "schedule", "--nodes", "20", "--pods", "40", "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "| WASM |",
+        "| native (peer) |",
+        "| WASM, scoring hot-swapped at 50% |",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row} in {stdout}"));
+        // Every pod bound, none failed, no binding refused.
+        assert!(line.contains("| 40 | 0 | 0 |"), "{line}");
+    }
+    assert!(stdout.contains("\nHot swap: "), "{stdout}");
+}

@@ -16,6 +16,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 /// The label every simulated node carries.
 pub const SIMULATED_LABEL: &str = "flotilla.dev/simulated";
@@ -54,6 +55,20 @@ impl Default for Options {
             concurrency: 32,
             run_pods: true,
         }
+    }
+}
+
+/// Running simulated nodes.
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    pub stats: Arc<Stats>,
+    stop: CancellationToken,
+}
+
+impl Simulation {
+    /// Stops renewing leases and running pods (the Nodes stay registered).
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 }
 
@@ -114,7 +129,7 @@ fn node_status(options: &Options) -> serde_json::Value {
 
 /// Registers the nodes, then keeps them alive in the background. Returns once every node is
 /// registered.
-pub async fn start(client: kube::Client, options: Options) -> Result<Arc<Stats>, kube::Error> {
+pub async fn start(client: kube::Client, options: Options) -> Result<Simulation, kube::Error> {
     let stats = Arc::new(Stats::default());
     let nodes: Api<Node> = Api::all(client.clone());
     let gate = Arc::new(Semaphore::new(options.concurrency.max(1)));
@@ -147,16 +162,14 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Arc<Stats>,
         stats.nodes_registered.fetch_add(1, Ordering::Relaxed);
     }
     drop(registrations);
-    tokio::spawn(renew_leases(
-        client.clone(),
-        options.clone(),
-        stats.clone(),
-        gate.clone(),
-    ));
+    let stop = CancellationToken::new();
+    let leases = renew_leases(client.clone(), options.clone(), stats.clone(), gate.clone());
+    tokio::spawn(stop.clone().run_until_cancelled_owned(leases));
     if options.run_pods {
-        tokio::spawn(run_pods(client, options, stats.clone(), gate));
+        let pods = run_pods(client, options, stats.clone(), gate);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(pods));
     }
-    Ok(stats)
+    Ok(Simulation { stats, stop })
 }
 
 /// Renews every node's Lease in `kube-node-lease`, spreading the writes over the interval.

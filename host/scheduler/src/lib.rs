@@ -37,6 +37,7 @@ use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
 use kube::runtime::watcher;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use defaults::DEFAULT_SCHEDULER;
 pub use policy::{Policy, PolicySource};
@@ -113,6 +114,14 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub struct Handle {
     pub stats: Arc<Stats>,
+    stop: CancellationToken,
+}
+
+impl Handle {
+    /// Stops the scheduler's loop and watches; bindings in flight finish.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
 }
 
 enum Input {
@@ -140,10 +149,12 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         defaults::install(&client).await?;
     }
     let (tx, rx) = mpsc::channel(4096);
+    let stop = CancellationToken::new();
     forward(
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
         tx.clone(),
         |e| Input::Node(Box::new(e)),
+        stop.clone(),
     );
     forward(
         watcher(
@@ -152,6 +163,7 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         ),
         tx.clone(),
         |e| Input::Pod(Box::new(e)),
+        stop.clone(),
     );
     forward(
         watcher(
@@ -160,6 +172,7 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         ),
         tx.clone(),
         |e| Input::Profile(Box::new(e)),
+        stop.clone(),
     );
     forward(
         watcher(
@@ -168,6 +181,7 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         ),
         tx.clone(),
         |e| Input::Plugin(Box::new(e)),
+        stop.clone(),
     );
     let leading = if options.leader_election {
         flotilla_client::leader::elect(
@@ -200,19 +214,24 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         pods_seen: HashSet::new(),
         nodes_seen: HashSet::new(),
     };
-    tokio::spawn(scheduler.run(rx));
-    Ok(Handle { stats })
+    tokio::spawn(scheduler.run(rx, stop.clone()));
+    Ok(Handle { stats, stop })
 }
 
 /// Sends each event of a watch stream into the scheduler's inputs, retrying with backoff.
-fn forward<K, S>(stream: S, tx: mpsc::Sender<Input>, wrap: fn(watcher::Event<K>) -> Input)
-where
+fn forward<K, S>(
+    stream: S,
+    tx: mpsc::Sender<Input>,
+    wrap: fn(watcher::Event<K>) -> Input,
+    stop: CancellationToken,
+) where
     K: Send + 'static,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     use kube::runtime::WatchStreamExt;
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream.default_backoff());
+        let mut stream =
+            std::pin::pin!(stream.default_backoff().take_until(stop.cancelled_owned()));
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
@@ -403,8 +422,11 @@ impl Scheduler {
         format!("scheduler/{}", self.options.identity)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, stop: CancellationToken) {
         loop {
+            if stop.is_cancelled() {
+                return;
+            }
             // Take every input that is waiting before the next cycle.
             loop {
                 match rx.try_recv() {
@@ -432,6 +454,7 @@ impl Scheduler {
                 },
                 _ = tokio::time::sleep(wake) => {}
                 _ = self.leading.changed() => {}
+                _ = stop.cancelled() => return,
             }
         }
     }
