@@ -7,8 +7,10 @@
 //! health bookkeeping ([`swap`]), and the only WIT host bindings in the project
 //! ([`bindings`]). It must not know what a plugin kind is for beyond the world it binds:
 //! scheduling, admission and the rest drive plugins through the typed handles here
-//! ([`SchedulerPolicy`], …), and fetching modules or reporting status belongs to them.
+//! ([`SchedulerPolicy`], [`AdmissionPolicy`]), and fetching modules or reporting status
+//! belongs to them.
 
+mod admission;
 pub mod bindings;
 mod cache;
 mod host;
@@ -26,6 +28,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
+pub use admission::AdmissionPolicy;
 pub use cache::CacheStats;
 pub use host::{ApiWriter, CacheReader, EndpointLoad, Services, Status};
 pub use scheduler::SchedulerPolicy;
