@@ -14,13 +14,21 @@ pub enum Level {
     Error,
 }
 
-#[cfg(all(target_arch = "wasm32", feature = "scheduler"))]
-use crate::__bindings::scheduler::flotilla::plugin as imports;
+pub use imp::{config, log, now, set_native_config};
 
-/// Writes to the host's log, tagged with the plugin's name and digest.
-pub fn log(level: Level, message: &str) {
-    #[cfg(all(target_arch = "wasm32", feature = "scheduler"))]
-    {
+#[cfg(all(
+    target_arch = "wasm32",
+    any(feature = "scheduler", feature = "admission")
+))]
+mod imp {
+    use super::Level;
+    #[cfg(feature = "admission")]
+    use crate::__bindings::admission::flotilla::plugin as imports;
+    #[cfg(feature = "scheduler")]
+    use crate::__bindings::scheduler::flotilla::plugin as imports;
+
+    /// Writes to the host's log, tagged with the plugin's name and digest.
+    pub fn log(level: Level, message: &str) {
         use imports::log::Level as L;
         let level = match level {
             Level::Trace => L::Trace,
@@ -31,46 +39,50 @@ pub fn log(level: Level, message: &str) {
         };
         imports::log::log(level, message);
     }
-    #[cfg(not(all(target_arch = "wasm32", feature = "scheduler")))]
-    eprintln!("[{level:?}] {message}");
-}
 
-/// Wall-clock time in nanoseconds since the Unix epoch.
-pub fn now() -> u64 {
-    #[cfg(all(target_arch = "wasm32", feature = "scheduler"))]
-    {
+    /// Wall-clock time in nanoseconds since the Unix epoch.
+    pub fn now() -> u64 {
         imports::clock::now()
     }
-    #[cfg(not(all(target_arch = "wasm32", feature = "scheduler")))]
-    {
+
+    /// Has no effect inside a component: the host gives the configuration.
+    pub fn set_native_config(_config: &str) {}
+
+    /// The plugin's configuration (`spec.config` of its WasmPlugin) as JSON; `{}` when unset.
+    pub fn config() -> String {
+        imports::config::get()
+    }
+}
+
+#[cfg(not(all(
+    target_arch = "wasm32",
+    any(feature = "scheduler", feature = "admission")
+)))]
+mod imp {
+    use super::Level;
+
+    static NATIVE_CONFIG: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+    /// Writes to stderr.
+    pub fn log(level: Level, message: &str) {
+        eprintln!("[{level:?}] {message}");
+    }
+
+    /// Wall-clock time in nanoseconds since the Unix epoch.
+    pub fn now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     }
-}
 
-#[cfg(not(all(target_arch = "wasm32", feature = "scheduler")))]
-static NATIVE_CONFIG: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// Sets what [`config`] returns outside a component.
-pub fn set_native_config(config: &str) {
-    #[cfg(not(all(target_arch = "wasm32", feature = "scheduler")))]
-    {
+    /// Sets what [`config`] returns outside a component.
+    pub fn set_native_config(config: &str) {
         *NATIVE_CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(config.to_owned());
     }
-    #[cfg(all(target_arch = "wasm32", feature = "scheduler"))]
-    let _ = config;
-}
 
-/// The plugin's configuration (`spec.config` of its WasmPlugin) as JSON; `{}` when unset.
-pub fn config() -> String {
-    #[cfg(all(target_arch = "wasm32", feature = "scheduler"))]
-    {
-        imports::config::get()
-    }
-    #[cfg(not(all(target_arch = "wasm32", feature = "scheduler")))]
-    {
+    /// The configuration set with [`set_native_config`]; `{}` when unset.
+    pub fn config() -> String {
         NATIVE_CONFIG
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -6,7 +6,8 @@
 //! kind and one export macro per kind. It carries [`WIT_VERSION`], which every plugin reports,
 //! so a host serving another version refuses the plugin before instantiating it.
 //!
-//! Enable the feature of the kind you build (`scheduler`, …) and export your type:
+//! Enable the feature of the kind you build (`scheduler`, `admission`) and export your type
+//! with that kind's macro ([`export_scheduler_policy!`], [`export_admission_policy!`]):
 //!
 //! ```ignore
 //! use flotilla_sdk::scheduling::*;
@@ -35,8 +36,12 @@
 //!
 //! This crate must not expose generated binding types: authors see only the types here.
 
+pub mod admission;
 pub mod host;
 pub mod scheduling;
+
+#[cfg(all(target_arch = "wasm32", feature = "scheduler", feature = "admission"))]
+compile_error!("a component exports one world: enable one plugin kind's feature of flotilla-sdk");
 
 /// The version of the `flotilla:plugin` WIT package this SDK builds against.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -67,6 +72,17 @@ pub mod __bindings {
             pub_export_macro: true,
             export_macro_name: "__export_scheduler_policy",
             default_bindings_module: "$crate::__bindings::scheduler",
+        });
+    }
+
+    #[cfg(feature = "admission")]
+    pub mod admission {
+        wit_bindgen::generate!({
+            path: "../wit/plugin",
+            world: "admission-policy",
+            pub_export_macro: true,
+            export_macro_name: "__export_admission_policy",
+            default_bindings_module: "$crate::__bindings::admission",
         });
     }
 }
