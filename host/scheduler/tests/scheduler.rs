@@ -410,3 +410,48 @@ async fn only_the_leader_schedules() {
         10
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_bad_plugin_fails_only_its_pods_with_an_event_naming_it() {
+    let cluster = cluster().await;
+    nodes(&cluster, "n-", 3, "8").await;
+    // (mode, call, what the FailedScheduling message says)
+    let cases = [
+        ("memory", "prepare", "exceeded its memory limit"),
+        ("panic", "filter", "misbehave: told to panic in filter"),
+        ("out-of-range", "score", "score 1000 for node"),
+        ("unknown-node", "filter", "not a candidate"),
+        ("recursion", "score", "trapped"),
+    ];
+    for (mode, call, _) in cases {
+        set_plugin(
+            &cluster,
+            &format!("bad-{mode}"),
+            json!({"kind": "scheduler-policy", "module": builtin("misbehave"),
+                "config": {"mode": mode, "in": call},
+                "limits": {"memoryBytes": 16 << 20}}),
+        )
+        .await;
+        set_profile(
+            &cluster,
+            &format!("{mode}-scheduler"),
+            json!([{"name": "node-resources-fit"}, {"name": format!("bad-{mode}"), "weight": 1}]),
+        )
+        .await;
+    }
+    scheduler(&cluster, "only", false).await;
+    for (mode, _, _) in cases {
+        let spec = json!({"schedulerName": format!("{mode}-scheduler")});
+        create(&cluster, pod(&format!("victim-{mode}"), "1", spec)).await;
+    }
+    create(&cluster, pod("bystander", "1", json!({}))).await;
+    for (mode, _, says) in cases {
+        let message = event(&cluster, &format!("victim-{mode}"), "FailedScheduling").await;
+        assert!(
+            message.starts_with(&format!("plugin bad-{mode} (sha256:")),
+            "{mode}: {message}"
+        );
+        assert!(message.contains(says), "{mode}: {message}");
+    }
+    until_pod(&cluster, "bystander", |p| node_of(p).is_some()).await;
+}
