@@ -49,6 +49,8 @@ use writer::Writer;
 const FILTER_BATCH: usize = 512;
 /// Kubernetes' floor on nodes to find feasible before scoring.
 const MIN_FEASIBLE: usize = 100;
+/// Cycle durations kept in [`Stats::cycle_micros`].
+const MAX_CYCLES_KEPT: usize = 200_000;
 
 /// How the scheduler runs.
 #[derive(Clone)]
@@ -106,7 +108,7 @@ pub struct Stats {
     pub last_swap_first_decision: std::sync::Mutex<Option<Instant>>,
     /// Bindings the API server refused (a pod bound twice would be one).
     pub bind_conflicts: AtomicU64,
-    /// How long each successful scheduling cycle took, in microseconds.
+    /// How long recent successful scheduling cycles took, in microseconds.
     pub cycle_micros: std::sync::Mutex<Vec<u32>>,
 }
 
@@ -213,6 +215,9 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         stats: stats.clone(),
         pods_seen: HashSet::new(),
         nodes_seen: HashSet::new(),
+        awaiting_node: HashMap::new(),
+        nodes_synced: false,
+        pods_synced: false,
     };
     tokio::spawn(scheduler.run(rx, stop.clone()));
     Ok(Handle { stats, stop })
@@ -372,6 +377,11 @@ struct Scheduler {
     /// Objects listed since the last watch restart (to drop those that vanished meanwhile).
     pods_seen: HashSet<String>,
     nodes_seen: HashSet<String>,
+    /// Bound pods whose node the scheduler has not seen yet, by uid: placed when it appears.
+    awaiting_node: HashMap<String, (String, Arc<Pod>)>,
+    /// Both initial lists are complete: no decision is taken on a partial snapshot.
+    nodes_synced: bool,
+    pods_synced: bool,
 }
 
 /// Kubernetes' `numFeasibleNodesToFind`.
@@ -437,8 +447,8 @@ impl Scheduler {
             }
             let now = Instant::now();
             self.queue.flush(now);
-            let leading = *self.leading.borrow();
-            if leading && let Some((uid, pod)) = self.queue.pop() {
+            let ready = *self.leading.borrow() && self.nodes_synced && self.pods_synced;
+            if ready && let Some((uid, pod)) = self.queue.pop() {
                 self.schedule(uid, pod).await;
                 continue;
             }
@@ -527,15 +537,30 @@ impl Scheduler {
                 for name in gone {
                     self.remove_node(&name);
                 }
+                self.nodes_synced = true;
             }
         }
     }
 
     fn set_node(&mut self, node: &Node) {
-        if let Some(change) = self.nodes.set(convert::node(node)) {
-            self.pending.push(change);
-            self.queue.cluster_changed(Instant::now());
+        let Some(change) = self.nodes.set(convert::node(node)) else {
+            return;
+        };
+        self.pending.push(change);
+        // Pods bound to this node before it was seen are placed now.
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let waiting: Vec<String> = self
+            .awaiting_node
+            .iter()
+            .filter(|(_, (node, _))| node == name)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in waiting {
+            if let Some((_, pod)) = self.awaiting_node.remove(&uid) {
+                self.pod_applied(Pod::clone(&pod));
+            }
         }
+        self.queue.cluster_changed(Instant::now());
     }
 
     fn remove_node(&mut self, name: &str) {
@@ -558,12 +583,14 @@ impl Scheduler {
                 let gone: Vec<String> = self
                     .placed
                     .keys()
+                    .chain(self.awaiting_node.keys())
                     .filter(|uid| !self.pods_seen.contains(*uid))
                     .cloned()
                     .collect();
                 for uid in gone {
                     self.pod_gone(&uid);
                 }
+                self.pods_synced = true;
             }
         }
     }
@@ -579,6 +606,7 @@ impl Scheduler {
             Some(node_name) => {
                 self.queue.remove(&uid);
                 let Some(&index) = self.nodes.index.get(&node_name) else {
+                    self.awaiting_node.insert(uid, (node_name, Arc::new(pod)));
                     return;
                 };
                 let placed = placed_pod(&pod, index);
@@ -601,6 +629,7 @@ impl Scheduler {
 
     fn pod_gone(&mut self, uid: &str) {
         self.queue.remove(uid);
+        self.awaiting_node.remove(uid);
         if self.placed.remove(uid).is_some() {
             self.pending_pods.push(Change::PodRemoved(uid.to_owned()));
             self.queue.cluster_changed(Instant::now());
@@ -895,11 +924,17 @@ impl Scheduler {
         let started = Instant::now();
         match self.decide(&pod, &profile).await {
             Ok(index) => {
-                self.stats
+                let mut cycles = self
+                    .stats
                     .cycle_micros
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(started.elapsed().as_micros() as u32);
+                    .unwrap_or_else(|e| e.into_inner());
+                // The most recent cycles only, so a long-running scheduler stays bounded.
+                if cycles.len() >= MAX_CYCLES_KEPT {
+                    cycles.drain(..MAX_CYCLES_KEPT / 2);
+                }
+                cycles.push(started.elapsed().as_micros() as u32);
+                drop(cycles);
                 let node = self.nodes.name(index).unwrap_or_default().to_owned();
                 self.assume(&uid, &pod, index);
                 self.bind(uid, pod, node);

@@ -42,12 +42,21 @@ fn host() -> PluginHost {
 }
 
 async fn scheduler(cluster: &Cluster, identity: &str, leader_election: bool) -> Arc<Stats> {
+    start_scheduler(cluster, identity, leader_election)
+        .await
+        .stats
+}
+
+async fn start_scheduler(
+    cluster: &Cluster,
+    identity: &str,
+    leader_election: bool,
+) -> flotilla_scheduler::Handle {
     let mut options = Options::new(identity, host());
     options.leader_election = leader_election;
     flotilla_scheduler::start(cluster.client.clone(), options)
         .await
         .unwrap()
-        .stats
 }
 
 async fn nodes(cluster: &Cluster, prefix: &str, count: usize, cpu: &str) {
@@ -454,4 +463,22 @@ async fn each_kind_of_bad_plugin_fails_only_its_pods_with_an_event_naming_it() {
         assert!(message.contains(says), "{mode}: {message}");
     }
     until_pod(&cluster, "bystander", |p| node_of(p).is_some()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_counts_the_pods_already_bound() {
+    let cluster = cluster().await;
+    nodes(&cluster, "n-", 1, "2").await;
+    let first = start_scheduler(&cluster, "first", false).await;
+    for name in ["a", "b"] {
+        create(&cluster, pod(name, "1", json!({}))).await;
+        until_pod(&cluster, name, |p| node_of(p).is_some()).await;
+    }
+    first.stop();
+
+    // A new scheduler learns the node and its two pods, whichever list arrives first.
+    scheduler(&cluster, "second", false).await;
+    create(&cluster, pod("c", "1", json!({}))).await;
+    let message = event(&cluster, "c", "FailedScheduling").await;
+    assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
 }
