@@ -4,11 +4,15 @@
 //! `<dir>/<digest-hex>-<engine-hex>.cwasm` (through a temporary file and a rename, so a reader
 //! never sees half an artifact) and later loads deserialize it instead of compiling. A second
 //! process on the same directory — a restart, another replica — finds it too. Artifacts that do
-//! not load (truncated, another engine) are compiled again and replaced.
+//! not load (truncated, another engine) are compiled again and replaced. Within a process each
+//! digest is compiled once: loaded components are kept in memory, and a second load of a digest
+//! being compiled waits for the first.
 
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -42,6 +46,10 @@ pub(crate) struct ArtifactCache {
     dir: Option<PathBuf>,
     engine_key: String,
     pub(crate) stats: CacheStats,
+    /// Components this process has, by digest.
+    loaded: Mutex<HashMap<String, Component>>,
+    /// One lock per digest being compiled, so it is compiled once.
+    compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl ArtifactCache {
@@ -59,6 +67,8 @@ impl ArtifactCache {
             dir,
             engine_key,
             stats: CacheStats::default(),
+            loaded: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(HashMap::new()),
         })
     }
 
@@ -68,8 +78,32 @@ impl ArtifactCache {
             .map(|dir| dir.join(format!("{digest_hex}-{}.cwasm", self.engine_key)))
     }
 
-    /// The artifact for a digest, if one is on disk and loads.
+    fn remembered(&self, digest_hex: &str) -> Option<Component> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest_hex)
+            .cloned()
+    }
+
+    fn remember(&self, digest_hex: &str, component: &Component) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest_hex.to_owned(), component.clone());
+    }
+
+    /// The component for a digest, if this process has it or an artifact on disk loads.
     pub(crate) fn get(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
+        if let Some(component) = self.remembered(digest_hex) {
+            return Some(component);
+        }
+        let component = self.get_from_disk(engine, digest_hex)?;
+        self.remember(digest_hex, &component);
+        Some(component)
+    }
+
+    fn get_from_disk(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
         let path = self.path(digest_hex)?;
         if !path.exists() {
             return None;
@@ -87,9 +121,38 @@ impl ArtifactCache {
         }
     }
 
-    /// Compiles `wasm` and stores the artifact. Failing to write the artifact is logged, not an
-    /// error: the component is still usable.
+    /// Compiles `wasm` (once per digest, however many callers ask at once) and stores the
+    /// artifact. Failing to write the artifact is logged, not an error: the component is still
+    /// usable.
     pub(crate) fn compile(
+        &self,
+        engine: &Engine,
+        digest_hex: &str,
+        wasm: &[u8],
+    ) -> wasmtime::Result<Component> {
+        let lock = self
+            .compiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(digest_hex.to_owned())
+            .or_default()
+            .clone();
+        let _compiling = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(component) = self.get(engine, digest_hex) {
+            return Ok(component);
+        }
+        let compiled = self.compile_uncached(engine, digest_hex, wasm);
+        if let Ok(component) = &compiled {
+            self.remember(digest_hex, component);
+        }
+        self.compiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest_hex);
+        compiled
+    }
+
+    fn compile_uncached(
         &self,
         engine: &Engine,
         digest_hex: &str,

@@ -170,8 +170,15 @@ async fn compiled_artifacts_are_reused_by_a_second_host() {
     first
         .load("least-allocated", World::SchedulerPolicy, wasm, None)
         .unwrap();
+    first
+        .load("least-allocated-again", World::SchedulerPolicy, wasm, None)
+        .unwrap();
     let stats = first.cache_stats();
-    assert_eq!(stats.compiled.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.compiled.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one compilation per digest in a process"
+    );
 
     // A restart or a second replica: a new engine on the same directory.
     let second = PluginHost::new(config).unwrap();

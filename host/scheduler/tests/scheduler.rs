@@ -65,7 +65,7 @@ async fn nodes(cluster: &Cluster, prefix: &str, count: usize, cpu: &str) {
         prefix: prefix.into(),
         cpu: cpu.into(),
         memory: "16Gi".into(),
-        lease_interval: Duration::from_secs(30),
+        lease_interval: Duration::from_secs(90),
         ..Default::default()
     };
     flotilla_node::simulate::start(cluster.client.clone(), options)
@@ -98,7 +98,7 @@ async fn until_pod(cluster: &Cluster, name: &str, check: impl Fn(&Pod) -> bool) 
     let api: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
     let found =
         kube::runtime::wait::await_condition(api, name, |p: Option<&Pod>| p.is_some_and(&check));
-    tokio::time::timeout(Duration::from_secs(30), found)
+    tokio::time::timeout(Duration::from_secs(90), found)
         .await
         .unwrap_or_else(|_| panic!("pod {name} never got there"))
         .unwrap()
@@ -126,7 +126,7 @@ async fn event(cluster: &Cluster, pod: &str, reason: &str) -> String {
         }
         unreachable!("the watch ended")
     };
-    tokio::time::timeout(Duration::from_secs(30), found)
+    tokio::time::timeout(Duration::from_secs(90), found)
         .await
         .unwrap_or_else(|_| panic!("no {reason} event for {pod}"))
 }
@@ -240,7 +240,7 @@ async fn until_plugin(cluster: &Cluster, name: &str, check: impl Fn(&Value) -> b
         kube::runtime::wait::await_condition(api, name, |o: Option<&kube::api::DynamicObject>| {
             o.is_some_and(|o| check(&o.data["status"]))
         });
-    let object = tokio::time::timeout(Duration::from_secs(30), found)
+    let object = tokio::time::timeout(Duration::from_secs(90), found)
         .await
         .unwrap_or_else(|_| panic!("WasmPlugin {name} never got there"))
         .unwrap()
