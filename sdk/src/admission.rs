@@ -165,25 +165,11 @@ pub fn cache_list(
 #[macro_export]
 macro_rules! export_admission_policy {
     ($policy:ty) => {
-        const _: () = {
-            impl $crate::admission::Singleton for $policy {
-                fn with<R>(f: impl FnOnce(&mut Result<Self, String>) -> R) -> R {
-                    ::std::thread_local! {
-                        static POLICY: ::std::cell::RefCell<Option<Result<$policy, String>>> =
-                            const { ::std::cell::RefCell::new(None) };
-                    }
-                    POLICY.with(|cell| {
-                        let mut slot = cell.borrow_mut();
-                        let policy = slot.get_or_insert_with(|| {
-                            <$policy as $crate::admission::AdmissionPolicy>::new(
-                                &$crate::host::config(),
-                            )
-                        });
-                        f(policy)
-                    })
-                }
-            }
-        };
+        $crate::__export_singleton!(
+            $policy,
+            $crate::admission::Singleton,
+            $crate::admission::AdmissionPolicy
+        );
         #[cfg(target_arch = "wasm32")]
         type __FlotillaAdmissionPolicy = $crate::admission::Adapter<$policy>;
         #[cfg(target_arch = "wasm32")]

@@ -46,6 +46,32 @@ compile_error!("a component exports one world: enable one plugin kind's feature 
 /// The version of the `flotilla:plugin` WIT package this SDK builds against.
 pub const WIT_VERSION: &str = "0.1.0";
 
+/// Implements a kind's `Singleton` for an exported type: the one policy value of the component,
+/// made on first use from the plugin's configuration. The export macros expand to it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_singleton {
+    ($policy:ty, $singleton:path, $kind:path) => {
+        const _: () = {
+            impl $singleton for $policy {
+                fn with<R>(f: impl FnOnce(&mut Result<Self, String>) -> R) -> R {
+                    ::std::thread_local! {
+                        static POLICY: ::std::cell::RefCell<Option<Result<$policy, String>>> =
+                            const { ::std::cell::RefCell::new(None) };
+                    }
+                    POLICY.with(|cell| {
+                        let mut slot = cell.borrow_mut();
+                        let policy = slot.get_or_insert_with(|| {
+                            <$policy as $kind>::new(&$crate::host::config())
+                        });
+                        f(policy)
+                    })
+                }
+            }
+        };
+    };
+}
+
 /// What a plugin reports about itself through `meta.info`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginInfo {

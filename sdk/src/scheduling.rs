@@ -550,25 +550,11 @@ pub trait Singleton: SchedulerPolicy {
 #[macro_export]
 macro_rules! export_scheduler_policy {
     ($policy:ty) => {
-        const _: () = {
-            impl $crate::scheduling::Singleton for $policy {
-                fn with<R>(f: impl FnOnce(&mut Result<Self, String>) -> R) -> R {
-                    ::std::thread_local! {
-                        static POLICY: ::std::cell::RefCell<Option<Result<$policy, String>>> =
-                            const { ::std::cell::RefCell::new(None) };
-                    }
-                    POLICY.with(|cell| {
-                        let mut slot = cell.borrow_mut();
-                        let policy = slot.get_or_insert_with(|| {
-                            <$policy as $crate::scheduling::SchedulerPolicy>::new(
-                                &$crate::host::config(),
-                            )
-                        });
-                        f(policy)
-                    })
-                }
-            }
-        };
+        $crate::__export_singleton!(
+            $policy,
+            $crate::scheduling::Singleton,
+            $crate::scheduling::SchedulerPolicy
+        );
         #[cfg(target_arch = "wasm32")]
         type __FlotillaSchedulerPolicy = $crate::scheduling::Adapter<$policy>;
         #[cfg(target_arch = "wasm32")]
