@@ -8,12 +8,16 @@ use serde_json::{Map, Value, json};
 
 use crate::StatusCause;
 
-/// Fills absent fields that have a `default` in `schema`, at every depth.
+/// Fills absent fields that have a `default` in `schema`, at every depth. As in Kubernetes, a
+/// null where the schema is not `nullable` is dropped first (and then defaulted, if it can be).
 pub fn apply_schema_defaults(schema: &Value, value: &mut Value) {
     match value {
         Value::Object(map) => {
             if let Some(properties) = schema["properties"].as_object() {
                 for (name, property) in properties {
+                    if map.get(name).is_some_and(Value::is_null) && property["nullable"] != true {
+                        map.remove(name);
+                    }
                     if !map.contains_key(name)
                         && let Some(default) = property.get("default")
                     {
@@ -26,6 +30,9 @@ pub fn apply_schema_defaults(schema: &Value, value: &mut Value) {
             } else if let Some(values) =
                 schema.get("additionalProperties").filter(|a| a.is_object())
             {
+                if values["nullable"] != true {
+                    map.retain(|_, v| !v.is_null());
+                }
                 map.values_mut()
                     .for_each(|v| apply_schema_defaults(values, v));
             }
@@ -245,6 +252,21 @@ mod tests {
         apply_schema_defaults(&schema(), &mut object);
         assert_eq!(object["spec"]["image"], "app.wasm");
         assert_eq!(object["spec"]["replicas"], 3);
+    }
+
+    #[test]
+    fn nulls_are_dropped_unless_nullable_then_defaulted() {
+        let mut object = json!({"spec": {
+            "cronSpec": null, "replicas": null, "extra": null, "labels": {"a": null},
+        }});
+        let mut schema = schema();
+        schema["properties"]["spec"]["properties"]["labels"] =
+            json!({"type": "object", "additionalProperties": {"type": "string"}});
+        apply_schema_defaults(&schema, &mut object);
+        assert_eq!(
+            object,
+            json!({"spec": {"replicas": 1, "image": "app.wasm", "extra": null, "labels": {}}})
+        );
     }
 
     #[test]

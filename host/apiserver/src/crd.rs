@@ -259,6 +259,14 @@ impl ApiServer {
     /// every stored definition, marks new definitions established, and starts the clean-up of
     /// those being deleted.
     pub(crate) async fn reload_custom_resources(&self) -> Result<(), ApiError> {
+        let _serial = self.reloading.lock().await;
+        self.serve_definitions_except(None).await
+    }
+
+    /// As `reload_custom_resources`, leaving out the definition stored at `except`: a
+    /// definition stops being served before it is removed, so a client that sees it gone never
+    /// finds its resources still answering. Callers hold `reloading`.
+    async fn serve_definitions_except(&self, except: Option<&str>) -> Result<(), ApiError> {
         let definitions = self.definitions();
         let page = self
             .store
@@ -267,7 +275,7 @@ impl ApiServer {
         let mut all = resources::builtin();
         let mut schemas = self.base_schemas.clone();
         let mut crds = Vec::new();
-        for kv in &page.kvs {
+        for kv in page.kvs.iter().filter(|kv| Some(kv.key.as_str()) != except) {
             let crd = decode(kv)?;
             let declared = resources_of(&crd);
             let taken = declared.iter().any(|d| {
@@ -391,6 +399,8 @@ impl ApiServer {
                 .filter(|f| f != CLEANUP_FINALIZER)
                 .collect();
             let outcome = if finalizers.is_empty() {
+                let _serial = self.reloading.lock().await;
+                self.serve_definitions_except(Some(&key)).await?;
                 self.store.delete(&key, Some(kv.mod_revision)).await?
             } else {
                 crd["metadata"]["finalizers"] = json!(finalizers);

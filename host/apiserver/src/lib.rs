@@ -111,6 +111,8 @@ pub struct ApiServer {
     me: std::sync::Weak<ApiServer>,
     /// Namespaces whose contents are being deleted.
     terminating: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Held while the served custom resources are rebuilt, so rebuilds apply in store order.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Limits of the API server.
@@ -213,6 +215,7 @@ impl ApiServer {
             openapi_v2: std::sync::RwLock::new(openapi_v2),
             me: me.clone(),
             terminating: Default::default(),
+            reloading: Default::default(),
             resources: std::sync::RwLock::new(Arc::new(resources)),
             reads: tokio::sync::Semaphore::new(options.max_requests_inflight),
             writes: tokio::sync::Semaphore::new(options.max_mutating_requests_inflight),

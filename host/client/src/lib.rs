@@ -5,7 +5,8 @@
 //! crate gives them a [`kube::Client`] from a kubeconfig ([`connect`]), leader election
 //! through a coordination.k8s.io Lease ([`leader`]), and Flotilla's plugin objects
 //! ([`plugins`]): WasmPlugin specs, module bytes fetched and checked by digest (built in,
-//! uploaded in chunks through the API, or an https URL), and status reports.
+//! uploaded in chunks through the API, an https URL or an OCI registry, the last two through
+//! `flotilla-artifacts`), and status reports.
 //!
 //! It must not reach the store, and it holds no policy: what a component does with a plugin is
 //! the component's business.

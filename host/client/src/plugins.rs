@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use flotilla_artifacts::oci::{self, Credentials};
 use flotilla_plugin::{Limits, Module, PluginHost, World};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
@@ -37,6 +39,9 @@ pub struct ModuleRef {
     pub url: Option<String>,
     #[serde(default)]
     pub oci: Option<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in `kube-system` for the OCI registry.
+    #[serde(default)]
+    pub pull_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -125,54 +130,43 @@ pub async fn fetch(client: &kube::Client, module: &ModuleRef) -> Result<Vec<u8>,
             .ok_or_else(|| format!("there is no built-in module {name:?}"));
     }
     if let Some(url) = &module.url {
-        return fetch_url(url).await;
+        return flotilla_artifacts::fetch_url(url, MAX_MODULE_BYTES)
+            .await
+            .map_err(|e| e.to_string());
     }
     if let Some(reference) = &module.oci {
-        return Err(format!(
-            "module source oci {reference:?}: OCI registries are not supported yet; upload the module (flotilla plugin push) or give an https URL"
-        ));
+        let credentials = match &module.pull_secret {
+            Some(secret) => pull_credentials(client, secret, reference).await?,
+            None => Credentials::Anonymous,
+        };
+        let pulled = oci::pull(reference, &credentials, MAX_MODULE_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(pulled.wasm);
     }
     fetch_uploaded(client, &module.digest).await
 }
 
-/// An https URL (plain http only on loopback), never following redirects.
-async fn fetch_url(url: &str) -> Result<Vec<u8>, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("module URL {url:?}: {e}"))?;
-    let loopback = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
-        return Err(format!("module URL {url:?} must be https"));
-    }
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-    let mut response = http
-        .get(url)
-        .send()
+/// The credentials for an OCI reference's registry in a pull secret in kube-system.
+async fn pull_credentials(
+    client: &kube::Client,
+    secret: &str,
+    reference: &str,
+) -> Result<Credentials, String> {
+    let registry = oci::registry_of(reference).map_err(|e| e.to_string())?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    let object = secrets
+        .get_opt(secret)
         .await
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("cannot fetch {url}: {}", response.status()));
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?
-    {
-        if bytes.len() + chunk.len() > MAX_MODULE_BYTES {
-            return Err(format!("{url} is larger than {MAX_MODULE_BYTES} bytes"));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
+        .map_err(|e| format!("cannot read the pull secret kube-system/{secret}: {e}"))?
+        .ok_or_else(|| format!("the pull secret kube-system/{secret} does not exist"))?;
+    let data = object.data.unwrap_or_default();
+    let config = data
+        .get(".dockerconfigjson")
+        .or_else(|| data.get(".dockercfg"))
+        .ok_or_else(|| format!("the pull secret kube-system/{secret} has no .dockerconfigjson"))?;
+    Credentials::from_docker_config(&config.0, &registry)
+        .map_err(|e| format!("the pull secret kube-system/{secret}: {e}"))
 }
 
 /// A module uploaded through the API: its WasmModule and chunks.

@@ -137,6 +137,11 @@ enum Input {
         seen: Instant,
         result: Result<Module, String>,
     },
+    /// Time to try a refused spec again.
+    Retry {
+        name: String,
+        spec: WasmPluginSpec,
+    },
     Bound {
         uid: String,
         pod: Arc<Pod>,
@@ -348,6 +353,8 @@ struct Slot {
     loading: Option<WasmPluginSpec>,
     /// Why the latest spec is not serving.
     refused: Option<String>,
+    /// Loads of the latest spec that failed in a row: the next try waits longer.
+    failed_loads: u32,
     health: Health,
     /// When the serving module's swap was requested, until its first decision.
     swapped: Option<Instant>,
@@ -385,6 +392,12 @@ struct Scheduler {
 }
 
 /// Kubernetes' `numFeasibleNodesToFind`.
+/// How long to wait before loading a refused spec again: Kubernetes' image pull backoff,
+/// 10 s doubling to 5 minutes.
+fn load_backoff(failures: u32) -> Duration {
+    Duration::from_secs(10u64.saturating_mul(1 << failures.min(5)).min(300))
+}
+
 fn feasible_to_find(total: usize, percentage: u32) -> usize {
     if total < MIN_FEASIBLE {
         return total;
@@ -502,6 +515,12 @@ impl Scheduler {
                 seen,
                 result,
             } => self.loaded(name, spec, seen, result).await,
+            Input::Retry { name, spec } => {
+                let current = self.slots.get(&name).and_then(|s| s.spec.clone());
+                if current.as_ref() == Some(&spec) {
+                    self.start_load(name, spec);
+                }
+            }
             Input::Bound {
                 uid,
                 pod,
@@ -653,7 +672,19 @@ impl Scheduler {
             return;
         }
         let slot = self.slots.entry(name.clone()).or_default();
+        if slot.spec.as_ref() != Some(&spec) {
+            slot.failed_loads = 0;
+        }
         slot.spec = Some(spec.clone());
+        self.start_load(name, spec);
+    }
+
+    /// Fetches, compiles and checks a spec's module in the background, unless it is serving
+    /// or being loaded already.
+    fn start_load(&mut self, name: String, spec: WasmPluginSpec) {
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
         let serving = slot.serving.as_ref().map(|(_, s)| s);
         if serving == Some(&spec) || slot.loading.as_ref() == Some(&spec) {
             return;
@@ -758,6 +789,7 @@ impl Scheduler {
                 slot.serving = Some((module, spec));
                 slot.policy = Some(policy);
                 slot.refused = None;
+                slot.failed_loads = 0;
                 slot.health = Health::default();
                 slot.swapped = Some(seen);
                 slot.version = version;
@@ -767,6 +799,20 @@ impl Scheduler {
             Err(error) => {
                 tracing::warn!(plugin = name, "refused {}: {error}", spec.module.digest);
                 slot.refused = Some(format!("refused {}: {error}", spec.module.digest));
+                // A registry or a pull secret may come back: try again, as image pulls do.
+                if slot.spec.as_ref() == Some(&spec) {
+                    let delay = load_backoff(slot.failed_loads);
+                    slot.failed_loads = slot.failed_loads.saturating_add(1);
+                    let inputs = self.inputs.clone();
+                    let retry = Input::Retry {
+                        name: name.clone(),
+                        spec,
+                    };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = inputs.send(retry).await;
+                    });
+                }
             }
         }
         self.report(&name);
@@ -1196,5 +1242,11 @@ mod tests {
         assert_eq!(feasible_to_find(10000, 0), 500);
         assert_eq!(feasible_to_find(5000, 100), 5000);
         assert_eq!(feasible_to_find(200, 10), 100);
+    }
+
+    #[test]
+    fn refused_loads_back_off_like_image_pulls() {
+        let secs: Vec<u64> = (0..8).map(|n| load_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [10, 20, 40, 80, 160, 300, 300, 300]);
     }
 }

@@ -1,6 +1,6 @@
 //! The scheduler against a real API server (bootstrapped, on loopback) and simulated nodes:
 //! binding, Kubernetes' FailedScheduling summary, retries when the cluster changes, plugins that
-//! misbehave, hot swaps, and leader election.
+//! misbehave, hot swaps, modules pulled from a registry, and leader election.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use flotilla_apiserver::{ApiOptions, ApiServer};
 use flotilla_client::plugins;
 use flotilla_plugin::{EngineConfig, PluginHost};
 use flotilla_scheduler::{Options, Stats};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -236,16 +236,18 @@ fn builtin(name: &str) -> Value {
 /// Waits until the WasmPlugin's status satisfies `check`.
 async fn until_plugin(cluster: &Cluster, name: &str, check: impl Fn(&Value) -> bool) -> Value {
     let api = plugins::api(&cluster.client, "WasmPlugin");
-    let found =
-        kube::runtime::wait::await_condition(api, name, |o: Option<&kube::api::DynamicObject>| {
-            o.is_some_and(|o| check(&o.data["status"]))
-        });
-    let object = tokio::time::timeout(Duration::from_secs(90), found)
-        .await
-        .unwrap_or_else(|_| panic!("WasmPlugin {name} never got there"))
-        .unwrap()
-        .unwrap();
-    object.data["status"].clone()
+    let found = kube::runtime::wait::await_condition(
+        api.clone(),
+        name,
+        |o: Option<&kube::api::DynamicObject>| o.is_some_and(|o| check(&o.data["status"])),
+    );
+    match tokio::time::timeout(Duration::from_secs(90), found).await {
+        Ok(object) => object.unwrap().unwrap().data["status"].clone(),
+        Err(_) => {
+            let last = api.get(name).await.map(|o| o.data["status"].clone());
+            panic!("WasmPlugin {name} never got there; its status is {last:?}")
+        }
+    }
 }
 
 fn condition(status: &Value, kind: &str) -> String {
@@ -393,6 +395,84 @@ async fn a_policy_is_hot_swapped_and_a_broken_module_is_refused() {
         node_of(&bound).as_ref(),
         "still packing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_is_pulled_from_a_private_registry_once_its_pull_secret_exists() {
+    use flotilla_artifacts::oci::{self, Credentials};
+    let registry = flotilla_artifacts::testing::Registry::with_user("flotilla", "pull-me");
+    // The built-in policy with a custom section appended: the same behaviour under a digest
+    // the host has not seen, so it must come from the registry.
+    let mut wasm = flotilla_builtins::find("most-allocated")
+        .unwrap()
+        .wasm
+        .to_vec();
+    let name = b"flotilla-test";
+    wasm.extend([0, 1 + name.len() as u8, name.len() as u8]);
+    wasm.extend(name);
+    let wasm = wasm.as_slice();
+    let reference = format!("{}/policies/most-allocated:v1", registry.address);
+    let login = Credentials::Basic {
+        username: "flotilla".into(),
+        password: "pull-me".into(),
+    };
+    oci::push(&reference, wasm, &login).await.unwrap();
+
+    let cluster = cluster().await;
+    nodes(&cluster, "n-", 3, "8").await;
+    set_profile(
+        &cluster,
+        "oci-scheduler",
+        json!([{"name": "node-resources-fit"}, {"name": "packing", "weight": 1}]),
+    )
+    .await;
+    let digest = flotilla_plugin::digest(wasm);
+    set_plugin(
+        &cluster,
+        "packing",
+        json!({"kind": "scheduler-policy", "module": {
+            "digest": digest, "oci": reference, "pullSecret": "registry-login"}}),
+    )
+    .await;
+    scheduler(&cluster, "only", false).await;
+    let status = until_plugin(&cluster, "packing", |s| {
+        s["components"]["scheduler/only"]["message"] != json!("")
+            && !s["components"]["scheduler/only"]["message"].is_null()
+    })
+    .await;
+    let message = status["components"]["scheduler/only"]["message"].to_string();
+    assert!(
+        message.contains("the pull secret kube-system/registry-login does not exist"),
+        "{status}"
+    );
+    assert_eq!(condition(&status, "Ready"), "False");
+
+    // The secret arrives; the next try pulls the module with it.
+    let config = json!({"auths": {registry.address.clone(): {
+        "username": "flotilla", "password": "pull-me"}}});
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "registry-login", "namespace": "kube-system"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config.to_string()},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(cluster.client.clone(), "kube-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    until_plugin(&cluster, "packing", |s| {
+        s["components"]["scheduler/only"]["digest"] == json!(digest)
+            && condition(s, "Ready") == "True"
+    })
+    .await;
+    let spec = json!({"schedulerName": "oci-scheduler"});
+    let mut packed = BTreeMap::new();
+    for i in 0..3 {
+        create(&cluster, pod(&format!("p{i}"), "1", spec.clone())).await;
+        let bound = until_pod(&cluster, &format!("p{i}"), |p| node_of(p).is_some()).await;
+        *packed.entry(node_of(&bound).unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(packed.len(), 1, "the pulled policy packs: {packed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
