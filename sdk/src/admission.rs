@@ -59,13 +59,7 @@ pub struct Request {
     pub settings: String,
 }
 
-/// A Kubernetes `Status` failure.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub code: u16,
-    pub reason: String,
-    pub message: String,
-}
+pub use crate::Status;
 
 /// The answer to a request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,29 +131,9 @@ pub trait Singleton: AdmissionPolicy {
     fn with<R>(f: impl FnOnce(&mut Result<Self, String>) -> R) -> R;
 }
 
-/// One object from the host's informer cache (JSON), for the kinds the policy declared.
+/// Reads of the host's informer cache, for the kinds the policy declared.
 #[cfg(all(target_arch = "wasm32", feature = "admission"))]
-pub fn cache_get(
-    api_version: &str,
-    kind: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> Result<Option<String>, Status> {
-    use crate::__bindings::admission::flotilla::plugin::cache;
-    cache::get(api_version, kind, namespace, name).map_err(adapter::status)
-}
-
-/// Objects of a kind from the host's informer cache (JSON), matching a label selector.
-#[cfg(all(target_arch = "wasm32", feature = "admission"))]
-pub fn cache_list(
-    api_version: &str,
-    kind: &str,
-    namespace: Option<&str>,
-    label_selector: &str,
-) -> Result<Vec<String>, Status> {
-    use crate::__bindings::admission::flotilla::plugin::cache;
-    cache::list(api_version, kind, namespace, label_selector).map_err(adapter::status)
-}
+pub use crate::cache::{get as cache_get, list as cache_list};
 
 /// Exports an [`AdmissionPolicy`] as the component's `admission-policy` world.
 #[macro_export]
@@ -188,7 +162,6 @@ pub use adapter::Adapter;
 mod adapter {
     use super::*;
     use crate::__bindings::admission::exports::flotilla::plugin::{admission as wit, meta};
-    use crate::__bindings::admission::flotilla::plugin::types;
 
     #[doc(hidden)]
     pub struct Adapter<P>(std::marker::PhantomData<P>);
@@ -196,14 +169,6 @@ mod adapter {
     impl<P> std::fmt::Debug for Adapter<P> {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("Adapter")
-        }
-    }
-
-    pub(super) fn status(s: types::Status) -> Status {
-        Status {
-            code: s.code,
-            reason: s.reason,
-            message: s.message,
         }
     }
 
@@ -272,11 +237,7 @@ mod adapter {
             });
             wit::Response {
                 allowed: response.allowed,
-                status: response.status.map(|s| types::Status {
-                    code: s.code,
-                    reason: s.reason,
-                    message: s.message,
-                }),
+                status: response.status.map(crate::convert::wit_status),
                 patch: response.patch,
                 warnings: response.warnings,
                 audit_annotations: response.audit_annotations,

@@ -18,14 +18,16 @@ pub use imp::{config, log, now, set_native_config};
 
 #[cfg(all(
     target_arch = "wasm32",
-    any(feature = "scheduler", feature = "admission")
+    any(
+        feature = "scheduler",
+        feature = "admission",
+        feature = "controller",
+        feature = "proxy"
+    )
 ))]
 mod imp {
     use super::Level;
-    #[cfg(feature = "admission")]
-    use crate::__bindings::admission::flotilla::plugin as imports;
-    #[cfg(feature = "scheduler")]
-    use crate::__bindings::scheduler::flotilla::plugin as imports;
+    use crate::imports;
 
     /// Writes to the host's log, tagged with the plugin's name and digest.
     pub fn log(level: Level, message: &str) {
@@ -56,7 +58,12 @@ mod imp {
 
 #[cfg(not(all(
     target_arch = "wasm32",
-    any(feature = "scheduler", feature = "admission")
+    any(
+        feature = "scheduler",
+        feature = "admission",
+        feature = "controller",
+        feature = "proxy"
+    )
 )))]
 mod imp {
     use super::Level;

@@ -6,8 +6,9 @@
 //! kind and one export macro per kind. It carries [`WIT_VERSION`], which every plugin reports,
 //! so a host serving another version refuses the plugin before instantiating it.
 //!
-//! Enable the feature of the kind you build (`scheduler`, `admission`) and export your type
-//! with that kind's macro ([`export_scheduler_policy!`], [`export_admission_policy!`]):
+//! Enable the feature of the kind you build (`scheduler`, `admission`, `controller`, `proxy`)
+//! and export your type with that kind's macro ([`export_scheduler_policy!`],
+//! [`export_admission_policy!`], [`export_controller!`], [`export_proxy_strategy!`]):
 //!
 //! ```ignore
 //! use flotilla_sdk::scheduling::*;
@@ -37,11 +38,94 @@
 //! This crate must not expose generated binding types: authors see only the types here.
 
 pub mod admission;
+pub mod cache;
+pub mod controller;
 pub mod host;
+pub mod proxy;
 pub mod scheduling;
 
-#[cfg(all(target_arch = "wasm32", feature = "scheduler", feature = "admission"))]
-compile_error!("a component exports one world: enable one plugin kind's feature of flotilla-sdk");
+#[cfg(target_arch = "wasm32")]
+const _: () = assert!(
+    cfg!(feature = "scheduler") as u8
+        + cfg!(feature = "admission") as u8
+        + cfg!(feature = "controller") as u8
+        + cfg!(feature = "proxy") as u8
+        <= 1,
+    "a component exports one world: enable one plugin kind's feature of flotilla-sdk"
+);
+
+#[cfg(all(target_arch = "wasm32", feature = "admission"))]
+pub(crate) use __bindings::admission::flotilla::plugin as imports;
+#[cfg(all(target_arch = "wasm32", feature = "controller"))]
+pub(crate) use __bindings::controller::flotilla::plugin as imports;
+#[cfg(all(target_arch = "wasm32", feature = "proxy"))]
+pub(crate) use __bindings::proxy::flotilla::plugin as imports;
+/// The host interfaces of the world being built (one kind's feature is enabled at a time).
+#[cfg(all(target_arch = "wasm32", feature = "scheduler"))]
+pub(crate) use __bindings::scheduler::flotilla::plugin as imports;
+
+/// A Kubernetes `Status` failure: HTTP code, reason (`NotFound`, `Conflict`, `Forbidden`, …)
+/// and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub code: u16,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Names one object; `namespace` is none for cluster-scoped kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Conversions between the generated shared records and the SDK's, for the worlds that import
+/// them.
+#[cfg(all(
+    target_arch = "wasm32",
+    any(feature = "admission", feature = "controller")
+))]
+#[allow(dead_code)]
+pub(crate) mod convert {
+    use crate::imports::types;
+
+    pub(crate) fn status(s: types::Status) -> crate::Status {
+        crate::Status {
+            code: s.code,
+            reason: s.reason,
+            message: s.message,
+        }
+    }
+
+    pub(crate) fn wit_status(s: crate::Status) -> types::Status {
+        types::Status {
+            code: s.code,
+            reason: s.reason,
+            message: s.message,
+        }
+    }
+
+    pub(crate) fn object_ref(r: types::ObjectRef) -> crate::ObjectRef {
+        crate::ObjectRef {
+            api_version: r.api_version,
+            kind: r.kind,
+            namespace: r.namespace,
+            name: r.name,
+        }
+    }
+
+    pub(crate) fn wit_object_ref(r: crate::ObjectRef) -> types::ObjectRef {
+        types::ObjectRef {
+            api_version: r.api_version,
+            kind: r.kind,
+            namespace: r.namespace,
+            name: r.name,
+        }
+    }
+}
 
 /// The version of the `flotilla:plugin` WIT package this SDK builds against.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -109,6 +193,28 @@ pub mod __bindings {
             pub_export_macro: true,
             export_macro_name: "__export_admission_policy",
             default_bindings_module: "$crate::__bindings::admission",
+        });
+    }
+
+    #[cfg(feature = "controller")]
+    pub mod controller {
+        wit_bindgen::generate!({
+            path: "../wit/plugin",
+            world: "controller",
+            pub_export_macro: true,
+            export_macro_name: "__export_controller",
+            default_bindings_module: "$crate::__bindings::controller",
+        });
+    }
+
+    #[cfg(feature = "proxy")]
+    pub mod proxy {
+        wit_bindgen::generate!({
+            path: "../wit/plugin",
+            world: "proxy-strategy",
+            pub_export_macro: true,
+            export_macro_name: "__export_proxy_strategy",
+            default_bindings_module: "$crate::__bindings::proxy",
         });
     }
 }

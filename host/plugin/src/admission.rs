@@ -42,15 +42,9 @@ fn response_size(response: &Response) -> usize {
 
 impl AdmissionPolicy {
     pub fn new(mut instance: Instance) -> Result<Self, PluginError> {
-        if instance.module().world() != World::AdmissionPolicy {
-            return Err(instance.error(Failure::WrongWorld {
-                world: World::AdmissionPolicy,
-                message: format!("it was loaded as a {}", instance.module().world()),
-            }));
-        }
-        let guest = admission::GuestIndices::new(&instance.module().pre)
-            .and_then(|indices| indices.load(&mut instance.store, &instance.instance))
-            .map_err(|e| instance.error(Failure::Instantiate(format!("{e:#}"))))?;
+        let guest = instance.guest(World::AdmissionPolicy, |pre, store, instance| {
+            admission::GuestIndices::new(pre)?.load(store, instance)
+        })?;
         Ok(Self {
             instance,
             guest: GuestHandle(guest),

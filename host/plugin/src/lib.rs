@@ -13,7 +13,9 @@
 mod admission;
 pub mod bindings;
 mod cache;
+mod controller;
 mod host;
+mod proxy;
 mod scheduler;
 mod stderr;
 mod swap;
@@ -30,7 +32,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use admission::AdmissionPolicy;
 pub use cache::CacheStats;
+pub use controller::Controller;
 pub use host::{ApiWriter, CacheReader, EndpointLoad, Services, Status};
+pub use proxy::ProxyStrategy;
 pub use scheduler::SchedulerPolicy;
 pub use swap::{DEGRADED_AFTER, DEGRADED_WINDOW, Health, Swap};
 pub use world::World;
@@ -490,22 +494,38 @@ impl Instance {
         self.module.error(failure)
     }
 
-    /// Counts bytes the caller is about to send or has received against the call's budget.
-    fn charge(&mut self, bytes: usize) -> Result<(), PluginError> {
-        let limit = self.limits.boundary_bytes;
-        if bytes > limit {
-            return Err(self.error(Failure::Boundary { limit }));
+    /// The typed exports of `world` (loaded by `load`), after checking that the module was
+    /// loaded as that world.
+    fn guest<G>(
+        &mut self,
+        world: World,
+        load: impl FnOnce(
+            &InstancePre<HostState>,
+            &mut Store<HostState>,
+            &wasmtime::component::Instance,
+        ) -> wasmtime::Result<G>,
+    ) -> Result<G, PluginError> {
+        if self.module.world() != world {
+            return Err(self.error(Failure::WrongWorld {
+                world,
+                message: format!("it was loaded as a {}", self.module.world()),
+            }));
         }
-        Ok(())
+        load(&self.module.pre, &mut self.store, &self.instance)
+            .map_err(|e| self.error(Failure::Instantiate(format!("{e:#}"))))
     }
 
-    /// Starts a call: refuses a poisoned instance, charges the arguments' size, and arms the
-    /// deadline. The call itself is awaited with [`within`], then given to [`Instance::finish`].
+    /// Starts a call: refuses a poisoned instance, charges the arguments' size against the
+    /// call's byte budget, and arms the deadline. The call itself is awaited with [`within`],
+    /// then given to [`Instance::finish`].
     fn begin(&mut self, inputs: usize) -> Result<Duration, PluginError> {
         if let Some(reason) = &self.poisoned {
             return Err(self.error(Failure::Poisoned(reason.clone())));
         }
-        self.charge(inputs)?;
+        let limit = self.limits.boundary_bytes;
+        if inputs > limit {
+            return Err(self.error(Failure::Boundary { limit }));
+        }
         let deadline = self.limits.call_deadline;
         let state = self.store.data_mut();
         state.crossed = inputs;

@@ -71,15 +71,9 @@ fn pod_size(pod: &Pod) -> usize {
 impl SchedulerPolicy {
     /// Takes a fresh instance of a `scheduler-policy` module and asks for its capabilities.
     pub async fn new(mut instance: Instance) -> Result<Self, PluginError> {
-        if instance.module().world() != World::SchedulerPolicy {
-            return Err(instance.error(Failure::WrongWorld {
-                world: World::SchedulerPolicy,
-                message: format!("it was loaded as a {}", instance.module().world()),
-            }));
-        }
-        let guest = scheduler::GuestIndices::new(&instance.module().pre)
-            .and_then(|indices| indices.load(&mut instance.store, &instance.instance))
-            .map_err(|e| instance.error(Failure::Instantiate(format!("{e:#}"))))?;
+        let guest = instance.guest(World::SchedulerPolicy, |pre, store, instance| {
+            scheduler::GuestIndices::new(pre)?.load(store, instance)
+        })?;
         let deadline = instance.begin(0)?;
         let outcome = within(deadline, guest.call_describe(&mut instance.store)).await;
         let capabilities = instance.finish(outcome, |_| 3)?;

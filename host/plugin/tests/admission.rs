@@ -2,8 +2,7 @@
 //! component exports one world) is built from source here and driven through the host's
 //! admission handle: it denies with a message, warns, and refuses bad settings.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
 use flotilla_plugin::bindings::admission::{
     GroupVersionKind, GroupVersionResource, Operation, Request, UserInfo,
@@ -11,38 +10,6 @@ use flotilla_plugin::bindings::admission::{
 use flotilla_plugin::{
     AdmissionPolicy, EngineConfig, Failure, Limits, PluginHost, Services, World,
 };
-
-fn build_example() -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("examples/require-labels/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cargo.env_remove(var);
-    }
-    let built = cargo.output().expect("cargo runs");
-    assert!(
-        built.status.success(),
-        "building examples/require-labels failed: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    std::fs::read(target.join("wasm32-wasip2/release/require_labels.wasm")).unwrap()
-}
 
 fn request(object: Option<&str>, settings: &str) -> Request {
     Request {
@@ -77,7 +44,7 @@ fn request(object: Option<&str>, settings: &str) -> Request {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_admission_policy_denies_warns_and_checks_settings() {
-    let wasm = build_example();
+    let wasm = common::build_example("require-labels");
     let host = PluginHost::new(EngineConfig::default()).unwrap();
     let module = host
         .load("require-labels", World::AdmissionPolicy, &wasm, None)
