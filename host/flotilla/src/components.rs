@@ -82,38 +82,73 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 pub struct AgentArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// Register this many simulated nodes: they keep their leases fresh and report the pods
-    /// bound to them Running without executing anything.
+    /// This node's name (default: the host's name).
     #[arg(long)]
+    node_name: Option<String>,
+    /// Where the agent keeps modules, compiled artifacts, pod volumes and logs.
+    #[arg(long, default_value = "flotilla-agent")]
+    data_dir: PathBuf,
+    /// The node's pod CIDR; pods get their IPs from it. In loopback mode (every node on one
+    /// host) it lies in 127.0.0.0/8 and differs per node.
+    #[arg(long, default_value = "127.1.0.0/16")]
+    pod_cidr: String,
+    /// The node's address (its InternalIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
+    /// Seconds between lease renewals (of each node, with --simulate).
+    #[arg(long, default_value_t = 10)]
+    lease_interval: u64,
+    /// Labels on the node, or on every simulated node (`key=value`, repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Register this many simulated nodes instead: they keep their leases fresh and report
+    /// the pods bound to them Running without executing anything.
+    #[arg(long, default_value_t = 0)]
     simulate: usize,
     /// Simulated node names are `<prefix><n>`.
     #[arg(long, default_value = "sim-")]
     node_prefix: String,
-    /// Each simulated node's cpu.
-    #[arg(long, default_value = "32")]
-    cpu: String,
-    /// Each simulated node's memory.
-    #[arg(long, default_value = "256Gi")]
-    memory: String,
-    /// Each simulated node's pod capacity.
+    /// The node's cpu (default: the machine's, or 32 for simulated nodes).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// The node's memory (default: the machine's, or 256Gi for simulated nodes).
+    #[arg(long)]
+    memory: Option<String>,
+    /// The node's pod capacity.
     #[arg(long, default_value_t = 110)]
     pods: u32,
-    /// Labels on every simulated node (`key=value`, repeatable).
-    #[arg(long = "label")]
-    labels: Vec<String>,
-    /// Spread the nodes over this many `topology.kubernetes.io/zone` values.
+    /// Spread simulated nodes over this many `topology.kubernetes.io/zone` values.
     #[arg(long, default_value_t = 0)]
     zones: usize,
-    /// Seconds between lease renewals of each node.
-    #[arg(long, default_value_t = 10)]
-    lease_interval: u64,
+}
+
+/// The host's name, the default node name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_lowercase())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "flotilla".into())
+}
+
+fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    let (base, prefix) = text
+        .split_once('/')
+        .with_context(|| format!("pod CIDR {text:?} is not address/prefix"))?;
+    let base = base
+        .parse()
+        .with_context(|| format!("pod CIDR {text:?}: not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .with_context(|| format!("pod CIDR {text:?}: bad prefix"))?;
+    anyhow::ensure!(
+        (8..=30).contains(&prefix),
+        "pod CIDR {text:?}: the prefix must be 8 to 30"
+    );
+    Ok((base, prefix))
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.simulate > 0,
-        "only simulated nodes are available yet: pass --simulate N"
-    );
     let mut labels = BTreeMap::new();
     for label in &args.labels {
         let (key, value) = label
@@ -121,22 +156,64 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("label {label:?} is not key=value"))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
-    let client = args.cluster.client().await?;
-    let options = flotilla_node::simulate::Options {
-        count: args.simulate,
-        prefix: args.node_prefix,
-        cpu: args.cpu,
-        memory: args.memory,
-        pods: args.pods,
-        labels,
-        zones: args.zones,
-        lease_interval: Duration::from_secs(args.lease_interval.max(1)),
-        ..Default::default()
-    };
-    flotilla_node::simulate::start(client, options)
+    if args.simulate > 0 {
+        let client = args.cluster.client().await?;
+        let options = flotilla_node::simulate::Options {
+            count: args.simulate,
+            prefix: args.node_prefix,
+            cpu: args.cpu.unwrap_or_else(|| "32".into()),
+            memory: args.memory.unwrap_or_else(|| "256Gi".into()),
+            pods: args.pods,
+            labels,
+            zones: args.zones,
+            lease_interval: Duration::from_secs(args.lease_interval.max(1)),
+            ..Default::default()
+        };
+        flotilla_node::simulate::start(client, options)
+            .await
+            .context("cannot register the simulated nodes")?;
+        println!("flotilla: {} simulated nodes running", args.simulate);
+        return std::future::pending().await;
+    }
+    let node = args.node_name.clone().unwrap_or_else(host_name);
+    let mut options = flotilla_node::AgentOptions::new(&node, std::path::absolute(&args.data_dir)?);
+    options.pod_cidr = parse_cidr(&args.pod_cidr)?;
+    options.node_ip = args.node_ip;
+    options.lease_interval = Duration::from_secs(args.lease_interval.max(1));
+    options.labels = labels;
+    options.cpu = args.cpu;
+    options.memory = args.memory;
+    options.max_pods = args.pods;
+    run_agent(&args.cluster.read()?, options).await
+}
+
+/// Runs a node agent until the process ends.
+pub async fn run_agent(
+    kubeconfig: &str,
+    options: flotilla_node::AgentOptions,
+) -> anyhow::Result<()> {
+    let client = flotilla_client::connect(kubeconfig)
         .await
-        .context("cannot register the simulated nodes")?;
-    println!("flotilla: {} simulated nodes running", args.simulate);
+        .context("cannot make a client from the kubeconfig")?;
+    let node = options.node_name.clone();
+    let cidr = format!("{}/{}", options.pod_cidr.0, options.pod_cidr.1);
+    // The API server may still be starting (in `up`): retry registration for a while.
+    let mut delay = Duration::from_millis(100);
+    let agent = loop {
+        match flotilla_node::start(client.clone(), options.clone()).await {
+            Ok(agent) => break agent,
+            Err(flotilla_node::AgentError::Register { source, .. })
+                if delay < Duration::from_secs(5) =>
+            {
+                tracing::debug!("node registration failed, retrying: {source}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    println!("flotilla: node {node} running pods (pod CIDR {cidr})");
+    let _agent = agent;
     std::future::pending().await
 }
 

@@ -46,11 +46,20 @@ struct ServeArgs {
     /// Do not run the scheduler in this process.
     #[arg(long)]
     disable_scheduler: bool,
+    /// The name of the node `up` runs (default: the host's name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Do not run a node agent in this process (`up` runs one).
+    #[arg(long)]
+    disable_agent: bool,
 }
 
 impl ServeArgs {
-    fn config(self, datastore: flotilla_store::Datastore) -> server::ServerConfig {
+    fn config(self, datastore: flotilla_store::Datastore, agent: bool) -> server::ServerConfig {
+        let agent = (agent && !self.disable_agent)
+            .then(|| self.node_name.clone().unwrap_or_else(components::host_name));
         server::ServerConfig {
+            agent,
             data_dir: self.data_dir,
             datastore,
             listen: self.listen,
@@ -77,7 +86,7 @@ enum Command {
     /// Run a scheduler against a cluster (a second replica, or a control plane started with
     /// --disable-scheduler). Replicas elect a leader; only it schedules.
     Scheduler(components::SchedulerArgs),
-    /// Run a node agent. Today: simulated nodes (--simulate N).
+    /// Run a node agent: this machine as a node, or simulated nodes (--simulate N).
     Agent(components::AgentArgs),
     /// Manage WasmPlugins.
     Plugin {
@@ -123,9 +132,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Up(serve) => {
-                server::run(serve.config(flotilla_store::Datastore::Embedded)).await
+                server::run(serve.config(flotilla_store::Datastore::Embedded, true)).await
             }
-            Command::Server { serve, datastore } => server::run(serve.config(datastore)).await,
+            Command::Server { serve, datastore } => {
+                server::run(serve.config(datastore, false)).await
+            }
             Command::Scheduler(args) => components::scheduler(args).await,
             Command::Agent(args) => components::agent(args).await,
             Command::Plugin { what } => components::plugin(what).await,

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// Run the scheduler in this process.
     pub scheduler: bool,
+    /// Run a node agent in this process, as this node.
+    pub agent: Option<String>,
 }
 
 /// The names the serving certificate is made for: loopback, this host, the listen address and
@@ -117,6 +119,17 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
         },
     );
+    let agent_token = flotilla_apiserver::authn::new_token()?;
+    if let Some(node) = &config.agent {
+        authenticator.insert(
+            &agent_token,
+            flotilla_apiserver::authn::UserInfo {
+                name: format!("system:node:{node}"),
+                uid: format!("system:node:{node}"),
+                groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
+            },
+        );
+    }
     let pki = Pki::load_or_create(&config.data_dir.join("tls"), &certificate_names(&config))
         .context("cannot make the cluster's certificates")?;
     let tls = (!config.plain_http)
@@ -167,6 +180,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_scheduler(&kubeconfig, cache, "up").await {
                 tracing::error!("the scheduler stopped: {error:#}");
+            }
+        });
+    }
+    if let Some(node) = config.agent.clone() {
+        let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &agent_token);
+        let options = flotilla_node::AgentOptions::new(&node, config.data_dir.join("agent"));
+        tokio::spawn(async move {
+            if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {
+                tracing::error!("the node agent stopped: {error:#}");
             }
         });
     }

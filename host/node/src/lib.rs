@@ -1,11 +1,28 @@
-//! The node agent.
+//! The node agent: Flotilla's kubelet.
 //!
-//! Today this crate holds simulated nodes ([`simulate`]), Flotilla's answer to KWOK: nodes that
-//! register, keep their Leases fresh and move the pods bound to them to Running without
-//! executing anything, so the scheduler and controllers can be driven at the scale of
-//! thousands of nodes on one machine. The real agent (WASI workloads, probes, logs, networking)
-//! joins it here.
+//! [`agent`] registers the node (capacity from the machine, labels, addresses, pod CIDR),
+//! renews its Lease, and runs the pods bound to it: [`pod`] supervises each pod's containers
+//! with Kubernetes' restart policies, back-off, states and phases, and terminates them
+//! gracefully; [`runtime`] runs containers as WASI components in wasmtime (`wasi:cli`
+//! commands like processes, `wasi:http` handlers served on the pod's IP with an instance per
+//! request), each confined to its preopens and pod IP, with memory and CPU limits; [`images`]
+//! fetches components (local paths, https URLs with digests, OCI registries) and keeps them by
+//! digest; [`spec`] turns a pod's spec into environment, argv and volumes; [`logs`] keeps each
+//! container's output. [`simulate`] is Flotilla's answer to KWOK: nodes that register, keep
+//! their Leases fresh and report their pods Running without executing anything, for scale work.
 //!
 //! Like every component but the API server, it is an API client and must not reach the store.
+//! It holds no policy: where a pod runs is the scheduler's business, whether it may is
+//! admission's.
 
+pub mod agent;
+mod events;
+pub mod images;
+pub mod logs;
+mod pod;
+pub mod runtime;
 pub mod simulate;
+pub mod spec;
+
+pub use agent::{Agent, AgentError, AgentOptions, start};
+pub use pod::BackoffPolicy;

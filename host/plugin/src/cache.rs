@@ -42,10 +42,10 @@ pub struct CacheStats {
 }
 
 #[derive(Debug)]
-pub(crate) struct ArtifactCache {
+pub struct ArtifactCache {
     dir: Option<PathBuf>,
     engine_key: String,
-    pub(crate) stats: CacheStats,
+    pub stats: CacheStats,
     /// Components this process has, by digest.
     loaded: Mutex<HashMap<String, Component>>,
     /// One lock per digest being compiled, so it is compiled once.
@@ -53,7 +53,7 @@ pub(crate) struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    pub(crate) fn new(engine: &Engine, dir: Option<PathBuf>) -> std::io::Result<Self> {
+    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> std::io::Result<Self> {
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir)?;
         }
@@ -94,7 +94,7 @@ impl ArtifactCache {
     }
 
     /// The component for a digest, if this process has it or an artifact on disk loads.
-    pub(crate) fn get(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
+    pub fn get(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
         if let Some(component) = self.remembered(digest_hex) {
             return Some(component);
         }
@@ -124,7 +124,7 @@ impl ArtifactCache {
     /// Compiles `wasm` (once per digest, however many callers ask at once) and stores the
     /// artifact. Failing to write the artifact is logged, not an error: the component is still
     /// usable.
-    pub(crate) fn compile(
+    pub fn compile(
         &self,
         engine: &Engine,
         digest_hex: &str,

@@ -7,8 +7,9 @@
 //! health bookkeeping ([`swap`]), and the only WIT host bindings in the project
 //! ([`bindings`]). It must not know what a plugin kind is for beyond the world it binds:
 //! scheduling, admission and the rest drive plugins through the typed handles here
-//! ([`SchedulerPolicy`], [`AdmissionPolicy`]), and fetching modules or reporting status
-//! belongs to them.
+//! ([`SchedulerPolicy`], [`AdmissionPolicy`], [`Controller`], [`ProxyStrategy`]), and fetching
+//! modules or reporting status belongs to them. The artifact cache ([`ArtifactCache`]) also
+//! serves the node agent's engine for workload components.
 
 mod admission;
 pub mod bindings;
@@ -31,7 +32,7 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use admission::AdmissionPolicy;
-pub use cache::CacheStats;
+pub use cache::{ArtifactCache, CacheStats};
 pub use controller::Controller;
 pub use host::{ApiWriter, CacheReader, EndpointLoad, Services, Status};
 pub use proxy::ProxyStrategy;
@@ -40,7 +41,6 @@ pub use swap::{DEGRADED_AFTER, DEGRADED_WINDOW, Health, Swap};
 pub use world::World;
 
 use bindings::meta;
-use cache::ArtifactCache;
 use host::{HostState, Stop};
 
 /// The WIT package every plugin is built against.

@@ -1,0 +1,740 @@
+//! The workload runtime: pods' containers are WASI components, run by wasmtime.
+//!
+//! A component is compiled once per digest (artifacts cached on disk with the plugin host's
+//! artifact cache) and classified by what it exports: `wasi:cli/run` makes a command, run like
+//! a process (argv, environment, exit code); `wasi:http/incoming-handler` makes an HTTP
+//! handler, served on the pod's IP and container port with a fresh pooled instance per
+//! request, as `wasmtime serve` does. Every instance is confined: its own preopens, sockets
+//! bound only to its pod's IP, a memory limit whose breach ends it as OOMKilled, and a CPU
+//! limit enforced by time slicing at epoch ticks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use flotilla_plugin::ArtifactCache;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
+};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// How often the epoch advances: the granularity of CPU time slices.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What went wrong preparing a workload; the message is what the pod's events and statuses say.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RuntimeError(pub String);
+
+fn runtime_error(context: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError(format!("{context}: {e}"))
+}
+
+/// How big the runtime's instance pool is.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Compiled artifacts are kept here (none: in memory only).
+    pub cache_dir: Option<PathBuf>,
+    /// Instances alive at once (running commands plus HTTP requests in flight).
+    pub max_instances: u32,
+    /// The most linear memory one instance may have, whatever its pod's limit.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 2_000,
+            max_memory_bytes: 4 << 30,
+        }
+    }
+}
+
+/// The wasmtime engine for workloads, its linker (WASI and `wasi:http`) and artifact cache.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<WorkloadState>>,
+    cache: Arc<ArtifactCache>,
+    _ticker: Arc<Ticker>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a component is, by what it exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `wasi:cli/run`: runs to an exit code.
+    Command,
+    /// `wasi:http/incoming-handler`: serves requests.
+    Http,
+}
+
+/// A compiled component, ready to instantiate.
+#[derive(Clone)]
+pub struct Workload {
+    pub digest: String,
+    pub kind: Kind,
+    pre: Prepared,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("digest", &self.digest)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum Prepared {
+    Command(CommandPre<WorkloadState>),
+    Http(ProxyPre<WorkloadState>),
+}
+
+/// A directory made visible to the guest at `guest` (the volume's mountPath).
+#[derive(Clone, Debug)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Where a container's output goes: one line at a time, with its stream.
+pub trait OutputSink: Send + Sync + 'static {
+    fn write(&self, stream: Stream, bytes: &[u8]);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Everything one container's instances are given and confined to.
+#[derive(Clone)]
+pub struct Sandbox {
+    /// argv, the first being the program's name.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub output: Arc<dyn OutputSink>,
+    /// The pod's IP: the only address its sockets may bind or listen on.
+    pub pod_ip: IpAddr,
+    /// `resources.limits.memory`.
+    pub memory_limit: Option<usize>,
+    /// `resources.limits.cpu`, in millicores.
+    pub cpu_millis: Option<u32>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("args", &self.args)
+            .field("pod_ip", &self.pod_ip)
+            .field("memory_limit", &self.memory_limit)
+            .field("cpu_millis", &self.cpu_millis)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It returned or called `exit`.
+    Code(i32),
+    /// It tried to grow past its memory limit.
+    OomKilled { limit: usize },
+    /// It trapped (a panic, an unreachable, a stack overflow): exit code 134, as an abort.
+    Trapped(String),
+}
+
+impl Exit {
+    /// The exit code Kubernetes reports.
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Code(code) => *code,
+            Exit::OomKilled { .. } => 137,
+            Exit::Trapped(_) => 134,
+        }
+    }
+
+    /// The terminated state's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Exit::Code(0) => "Completed",
+            Exit::Code(_) | Exit::Trapped(_) => "Error",
+            Exit::OomKilled { .. } => "OOMKilled",
+        }
+    }
+}
+
+/// A store's state: WASI, `wasi:http`, and the limits the host enforces.
+pub(crate) struct WorkloadState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    memory_limit: usize,
+    oom: bool,
+}
+
+impl WasiView for WorkloadState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for WorkloadState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl ResourceLimiter for WorkloadState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.oom = true;
+            wasmtime::bail!(
+                "memory would grow to {desired} bytes, over the limit of {} bytes",
+                self.memory_limit
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A container's stdout or stderr as WASI sees it.
+#[derive(Clone)]
+struct Output {
+    sink: Arc<dyn OutputSink>,
+    stream: Stream,
+}
+
+impl IsTerminal for Output {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Output {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for Output {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.sink.write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let instances = config.max_instances.max(1);
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(8))
+            .total_stacks(instances)
+            .max_memory_size(config.max_memory_bytes);
+        let mut engine_config = Config::new();
+        engine_config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine =
+            Engine::new(&engine_config).map_err(|e| runtime_error("cannot start wasmtime", e))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| runtime_error("cannot link WASI", e))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| runtime_error("cannot link wasi:http", e))?;
+        let cache = ArtifactCache::new(&engine, config.cache_dir)
+            .map_err(|e| runtime_error("cannot open the artifact cache", e))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let thread_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("flotilla-node-epoch".into())
+            .spawn(move || {
+                while !thread_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| runtime_error("cannot start the epoch thread", e))?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache: Arc::new(cache),
+            _ticker: Arc::new(Ticker(stop)),
+        })
+    }
+
+    /// Compiles (or loads the cached artifact of) a component whose bytes were checked against
+    /// `digest` (`sha256:<hex>`), and prepares it by kind.
+    pub fn prepare(&self, digest: &str, wasm: &[u8]) -> Result<Workload, RuntimeError> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let component = match self.cache.get(&self.engine, hex) {
+            Some(component) => component,
+            None => self
+                .cache
+                .compile(&self.engine, hex, wasm)
+                .map_err(|e| runtime_error("not a WebAssembly component", format!("{e:#}")))?,
+        };
+        self.classify(digest, component)
+    }
+
+    /// A component already compiled here, by digest alone.
+    pub fn prepare_cached(&self, digest: &str) -> Option<Result<Workload, RuntimeError>> {
+        let hex = digest.strip_prefix("sha256:")?;
+        let component = self.cache.get(&self.engine, hex)?;
+        Some(self.classify(digest, component))
+    }
+
+    fn classify(&self, digest: &str, component: Component) -> Result<Workload, RuntimeError> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports_interface = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            runtime_error(
+                "the component imports what a node does not offer",
+                format!("{e:#}"),
+            )
+        })?;
+        let (kind, pre) = if exports_interface("wasi:http/incoming-handler@0.2") {
+            let pre = ProxyPre::new(instance_pre)
+                .map_err(|e| runtime_error("not a wasi:http handler", format!("{e:#}")))?;
+            (Kind::Http, Prepared::Http(pre))
+        } else if exports_interface("wasi:cli/run@0.2") {
+            let pre = CommandPre::new(instance_pre)
+                .map_err(|e| runtime_error("not a wasi:cli command", format!("{e:#}")))?;
+            (Kind::Command, Prepared::Command(pre))
+        } else {
+            return Err(RuntimeError(format!(
+                "the component exports neither wasi:cli/run nor wasi:http/incoming-handler (it exports: {})",
+                if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                }
+            )));
+        };
+        Ok(Workload {
+            digest: digest.to_owned(),
+            kind,
+            pre,
+        })
+    }
+
+    /// A store for one instance of a container, confined by its sandbox.
+    fn store(&self, sandbox: &Sandbox) -> Result<Store<WorkloadState>, RuntimeError> {
+        let mut wasi = WasiCtx::builder();
+        wasi.args(&sandbox.args)
+            .envs(&sandbox.env)
+            .stdout(Output {
+                sink: sandbox.output.clone(),
+                stream: Stream::Stdout,
+            })
+            .stderr(Output {
+                sink: sandbox.output.clone(),
+                stream: Stream::Stderr,
+            })
+            .inherit_network()
+            .allow_ip_name_lookup(true)
+            .allow_tcp(true)
+            .allow_udp(true);
+        let pod_ip = sandbox.pod_ip;
+        wasi.socket_addr_check(move |addr: SocketAddr, usage: SocketAddrUse| {
+            let allowed = socket_allowed(pod_ip, addr, usage);
+            Box::pin(async move { allowed })
+        });
+        for preopen in &sandbox.preopens {
+            let perms = if preopen.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&preopen.host, &preopen.guest, perms)
+                .map_err(|e| {
+                    runtime_error(
+                        &format!(
+                            "cannot mount {} at {}",
+                            preopen.host.display(),
+                            preopen.guest
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        let state = WorkloadState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            memory_limit: sandbox.memory_limit.unwrap_or(usize::MAX),
+            oom: false,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state as &mut dyn ResourceLimiter);
+        match sandbox.cpu_millis {
+            Some(millis) if millis < 1000 * num_cpus() => {
+                let mut throttle = Throttle::new(millis);
+                store.epoch_deadline_callback(move |_| Ok(throttle.slice()));
+            }
+            // Unlimited: still yield at every tick, so one busy guest never holds a thread
+            // that other pods' instances need.
+            _ => store.epoch_deadline_async_yield_and_update(1),
+        }
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+
+    /// Runs a command to its end. Dropping the future stops it at its next yield (at most an
+    /// epoch tick away): that is how a container is killed.
+    pub async fn run_command(&self, workload: &Workload, sandbox: &Sandbox) -> Exit {
+        let Prepared::Command(pre) = &workload.pre else {
+            return Exit::Trapped("the component is not a wasi:cli command".into());
+        };
+        let mut store = match self.store(sandbox) {
+            Ok(store) => store,
+            Err(e) => return Exit::Trapped(e.0),
+        };
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(command) => command.wasi_cli_run().call_run(&mut store).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Ok(())) => Exit::Code(0),
+            Ok(Err(())) => Exit::Code(1),
+            Err(error) => {
+                if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    return Exit::Code(exit.0);
+                }
+                if store.data().oom {
+                    return Exit::OomKilled {
+                        limit: store.data().memory_limit,
+                    };
+                }
+                Exit::Trapped(format!("{error:#}"))
+            }
+        }
+    }
+
+    /// Serves an HTTP handler on `listener` until `stop`, then lets requests in flight finish.
+    /// Each request gets a fresh instance; a request whose instance fails is answered 500.
+    pub async fn serve_http(
+        &self,
+        workload: &Workload,
+        sandbox: Sandbox,
+        listener: TcpListener,
+        stop: CancellationToken,
+        stats: Arc<HttpStats>,
+    ) {
+        let Prepared::Http(pre) = workload.pre.clone() else {
+            return;
+        };
+        let server = Arc::new(HttpServer {
+            runtime: self.clone(),
+            pre,
+            sandbox,
+            stats,
+        });
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => break,
+            };
+            let Ok((stream, _peer)) = accepted else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let server = server.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let server = server.clone();
+                async move { server.handle(request).await }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    }
+}
+
+/// Request counters of one HTTP container, for probes of liveness and tests.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub served: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// The last failure, for events.
+    pub last_error: Mutex<Option<String>>,
+}
+
+struct HttpServer {
+    runtime: Runtime,
+    pre: ProxyPre<WorkloadState>,
+    sandbox: Sandbox,
+    stats: Arc<HttpStats>,
+}
+
+type Response = hyper::Response<HyperOutgoingBody>;
+
+fn plain(status: u16, text: String) -> Response {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(bytes::Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    response
+}
+
+impl HttpServer {
+    async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> Result<Response, std::convert::Infallible> {
+        match self.clone().instance_for(request).await {
+            Ok(response) => {
+                self.stats.served.fetch_add(1, Ordering::Relaxed);
+                Ok(response)
+            }
+            Err(error) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let message = format!("{error:#}");
+                self.sandbox.output.write(
+                    Stream::Stderr,
+                    format!("request failed: {message}\n").as_bytes(),
+                );
+                *self
+                    .stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+                Ok(plain(500, format!("the handler failed: {message}\n")))
+            }
+        }
+    }
+
+    async fn instance_for(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> wasmtime::Result<Response> {
+        let mut store = self
+            .runtime
+            .store(&self.sandbox)
+            .map_err(|e| wasmtime::format_err!("{e}"))?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let pre = self.pre.clone();
+        // The guest may go on writing the body after it has sent the head.
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            let result = proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await;
+            if result.is_err() && store.data().oom {
+                wasmtime::bail!(
+                    "the handler ran out of memory (limit {} bytes)",
+                    store.data().memory_limit
+                );
+            }
+            result
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(wasmtime::format_err!(
+                "the handler answered with an error: {code:?}"
+            )),
+            Err(_) => match task.await {
+                Ok(Ok(())) => Err(wasmtime::format_err!("the handler never set a response")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(wasmtime::format_err!("the handler's task failed: {e}")),
+            },
+        }
+    }
+}
+
+/// The addresses a pod's sockets may use: any destination, but bind and listen only on the
+/// pod's IP. A bind to the wildcard address is what WASI reports for the implicit bind of a
+/// connect, so it passes the bind check; listening on it does not.
+fn socket_allowed(pod_ip: IpAddr, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+    match usage {
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+            addr.ip() == pod_ip || addr.ip().is_unspecified()
+        }
+        SocketAddrUse::TcpListen => addr.ip() == pod_ip,
+        _ => true,
+    }
+}
+
+fn num_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// CPU time slicing: after each slice a guest has run, it sleeps long enough that its share of
+/// one core is `millis / 1000`.
+struct Throttle {
+    millis: u32,
+    slice_started: Instant,
+}
+
+impl Throttle {
+    fn new(millis: u32) -> Self {
+        Self {
+            millis: millis.max(1),
+            slice_started: Instant::now(),
+        }
+    }
+
+    fn slice(&mut self) -> UpdateDeadline {
+        let ran = self.slice_started.elapsed();
+        let pause = ran.mul_f64(1000.0 / f64::from(self.millis) - 1.0);
+        self.slice_started = Instant::now() + pause;
+        if pause.is_zero() {
+            return UpdateDeadline::Yield(1);
+        }
+        UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_bind_and_listen_only_on_the_pod_ip() {
+        let pod: IpAddr = "127.1.0.5".parse().unwrap();
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 8080);
+        assert!(socket_allowed(
+            pod,
+            at("127.1.0.5"),
+            SocketAddrUse::TcpListen
+        ));
+        assert!(!socket_allowed(
+            pod,
+            at("0.0.0.0"),
+            SocketAddrUse::TcpListen
+        ));
+        assert!(!socket_allowed(
+            pod,
+            at("127.1.0.6"),
+            SocketAddrUse::TcpBind
+        ));
+        assert!(socket_allowed(pod, at("0.0.0.0"), SocketAddrUse::TcpBind));
+        assert!(socket_allowed(
+            pod,
+            at("127.9.9.9"),
+            SocketAddrUse::TcpConnect
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_quarter_core_runs_one_slice_in_four() {
+        let mut throttle = Throttle::new(250);
+        std::thread::sleep(Duration::from_millis(4));
+        match throttle.slice() {
+            UpdateDeadline::YieldCustom(1, _) => {}
+            _ => panic!("a throttled guest must pause"),
+        }
+        // The next slice starts after a pause three times as long as the slice ran.
+        let pause = throttle
+            .slice_started
+            .saturating_duration_since(Instant::now());
+        assert!(pause >= Duration::from_millis(10), "{pause:?}");
+    }
+}
