@@ -25,7 +25,13 @@ const GUESTS: &[&str] = &[
 
 /// Guests embedded only with the `testing` feature: misbehaving plugins for containment tests,
 /// and the examples the end-to-end tests push to a cluster.
-const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread"];
+const TESTING_GUESTS: &[&str] = &[
+    "misbehave",
+    "blocking",
+    "zone-spread",
+    "hello-http",
+    "workload",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -131,7 +131,7 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "flotilla".into())
 }
 
-fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+pub fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
     let (base, prefix) = text
         .split_once('/')
         .with_context(|| format!("pod CIDR {text:?} is not address/prefix"))?;

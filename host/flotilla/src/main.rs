@@ -52,13 +52,25 @@ struct ServeArgs {
     /// Do not run a node agent in this process (`up` runs one).
     #[arg(long)]
     disable_agent: bool,
+    /// The pod CIDR of the node `up` runs (loopback mode: within 127.0.0.0/8).
+    #[arg(long, default_value = "127.1.0.0/16")]
+    pod_cidr: String,
 }
 
 impl ServeArgs {
-    fn config(self, datastore: flotilla_store::Datastore, agent: bool) -> server::ServerConfig {
-        let agent = (agent && !self.disable_agent)
-            .then(|| self.node_name.clone().unwrap_or_else(components::host_name));
-        server::ServerConfig {
+    fn config(
+        self,
+        datastore: flotilla_store::Datastore,
+        agent: bool,
+    ) -> anyhow::Result<server::ServerConfig> {
+        let agent = match agent && !self.disable_agent {
+            true => Some(server::NodeConfig {
+                name: self.node_name.clone().unwrap_or_else(components::host_name),
+                pod_cidr: components::parse_cidr(&self.pod_cidr)?,
+            }),
+            false => None,
+        };
+        Ok(server::ServerConfig {
             agent,
             data_dir: self.data_dir,
             datastore,
@@ -67,7 +79,7 @@ impl ServeArgs {
             plain_http: self.plain_http,
             tls_sans: self.tls_sans,
             scheduler: !self.disable_scheduler,
-        }
+        })
     }
 }
 
@@ -132,10 +144,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Up(serve) => {
-                server::run(serve.config(flotilla_store::Datastore::Embedded, true)).await
+                server::run(serve.config(flotilla_store::Datastore::Embedded, true)?).await
             }
             Command::Server { serve, datastore } => {
-                server::run(serve.config(datastore, false)).await
+                server::run(serve.config(datastore, false)?).await
             }
             Command::Scheduler(args) => components::scheduler(args).await,
             Command::Agent(args) => components::agent(args).await,

@@ -31,7 +31,7 @@ pub struct ServerConfig {
     /// Run the scheduler in this process.
     pub scheduler: bool,
     /// Run a node agent in this process, as this node.
-    pub agent: Option<String>,
+    pub agent: Option<NodeConfig>,
 }
 
 /// The names the serving certificate is made for: loopback, this host, the listen address and
@@ -95,6 +95,13 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<SharedStore> {
     })
 }
 
+/// The node `up` runs in process.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub pod_cidr: (std::net::Ipv4Addr, u8),
+}
+
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if config.plain_http && !config.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -124,8 +131,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         authenticator.insert(
             &agent_token,
             flotilla_apiserver::authn::UserInfo {
-                name: format!("system:node:{node}"),
-                uid: format!("system:node:{node}"),
+                name: format!("system:node:{}", node.name),
+                uid: format!("system:node:{}", node.name),
                 groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
             },
         );
@@ -185,7 +192,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     if let Some(node) = config.agent.clone() {
         let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &agent_token);
-        let options = flotilla_node::AgentOptions::new(&node, config.data_dir.join("agent"));
+        let mut options = flotilla_node::AgentOptions::new(
+            &node.name,
+            std::path::absolute(config.data_dir.join("agent"))?,
+        );
+        options.pod_cidr = node.pod_cidr;
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {
                 tracing::error!("the node agent stopped: {error:#}");

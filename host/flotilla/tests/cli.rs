@@ -456,8 +456,10 @@ fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
 /// `flotilla up` in a temporary directory, and the kubeconfig it wrote.
 fn cluster_for_kubectl() -> (tempfile::TempDir, Running, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    // No node agent: these tests place pods on simulated nodes, or on none.
     let up = start(&[
         "up",
+        "--disable-agent",
         "--data-dir",
         dir.path().join("data").to_str().unwrap(),
     ]);
@@ -1175,9 +1177,10 @@ async fn the_kube_rust_client_lists_applies_and_watches() {
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").to_str().unwrap().to_owned();
-    let up = tokio::task::spawn_blocking(move || start(&["up", "--data-dir", &data]))
-        .await
-        .unwrap();
+    let up =
+        tokio::task::spawn_blocking(move || start(&["up", "--disable-agent", "--data-dir", &data]))
+            .await
+            .unwrap();
     let kubeconfig = kube::config::Kubeconfig::read_from(&up.kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
@@ -1243,6 +1246,7 @@ fn the_official_python_client_works_against_up() {
     let dir = tempfile::tempdir().unwrap();
     let up = start(&[
         "up",
+        "--disable-agent",
         "--data-dir",
         dir.path().join("data").to_str().unwrap(),
     ]);
@@ -1529,4 +1533,323 @@ fn schedule_benchmark_reports_wasm_next_to_native() {
         assert!(line.contains("| 40 | 0 | 0 |"), "{line}");
     }
     assert!(stdout.contains("\nHot swap: "), "{stdout}");
+}
+
+/// Polls `probe` until it gives a value or `limit` passes, then fails naming `what`.
+fn eventually<T>(
+    limit: std::time::Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn pod_json(kubeconfig: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(kubeconfig, &["get", "pod", name, "-o", "json"])).unwrap()
+}
+
+/// `flotilla up` with its node agent on a pod CIDR of its own (tests run side by side).
+fn cluster_with_node(dir: &Path) -> (Running, PathBuf, String) {
+    // Distinct per process and per call: every cluster's pods bind addresses of their own.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = std::process::id().wrapping_mul(7).wrapping_add(call);
+    let cidr = format!("127.{}.{}.0/24", 100 + (id >> 8) % 100, id % 256);
+    let up = start(&[
+        "up",
+        "--node-name",
+        "node-a",
+        "--pod-cidr",
+        &cidr,
+        "--data-dir",
+        dir.join("data").to_str().unwrap(),
+    ]);
+    let kubeconfig = up.kubeconfig.clone();
+    (up, kubeconfig, cidr)
+}
+
+fn get_http(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+#[test]
+fn up_runs_pods_as_wasi_components_on_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let modules = dir.path().join("modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let hello = modules.join("hello_http.wasm");
+    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
+    let workload = modules.join("workload.wasm");
+    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let (hello, workload) = (hello.display(), workload.display());
+
+    // The node registered with its pod CIDR and is Ready; its Lease is renewed.
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-a",
+        "--timeout=60s",
+    ]);
+    let node: serde_json::Value =
+        serde_json::from_str(&run(&["get", "node", "node-a", "-o", "json"])).unwrap();
+    assert_eq!(node["spec"]["podCIDR"], cidr.as_str());
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/os"], "wasip2");
+    assert!(node["status"]["allocatable"]["cpu"].is_string(), "{node}");
+    run(&["get", "lease", "node-a", "-n", "kube-node-lease"]);
+
+    let manifest = dir.path().join("pods.yaml");
+    let mut yaml = String::new();
+    for n in 0..3 {
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hello-{n}, labels: {{app: hello}}}}\nspec:\n  containers:\n  - name: web\n    image: {hello}\n    ports: [{{containerPort: 8080}}]\n    env: [{{name: GREETING_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]\n---\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hi, mode: fast}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hungry}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: eat
+    image: {workload}
+    args: [alloc, "64"]
+    resources: {{limits: {{memory: 32Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: steps}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: prep
+    image: {workload}
+    args: [write, /work/ready, prepared]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: main
+    image: {workload}
+    args: [cat, /work/ready, print, "", cat, /config/greeting, print, "", env, MODE, write, /config/x, "y"]
+    env: [{{name: MODE, valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}}}]
+    volumeMounts: [{{name: work, mountPath: /work}}, {{name: cfg, mountPath: /config, readOnly: true}}]
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: settings}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: boom
+    image: {workload}
+    args: [eprint, boom, exit, "1"]
+"#
+    ));
+    std::fs::write(&manifest, yaml).unwrap();
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+
+    // wasi:http handlers answer on every pod's own IP.
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=hello",
+        "--timeout=60s",
+    ]);
+    let mut addresses = Vec::new();
+    for n in 0..3 {
+        let pod = pod_json(&kubeconfig, &format!("hello-{n}"));
+        let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+        assert!(
+            ip.starts_with(cidr.trim_end_matches("0/24")),
+            "{ip} is in {cidr}"
+        );
+        assert_eq!(pod["status"]["phase"], "Running");
+        let answer = get_http(&format!("{ip}:8080")).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.ends_with(&format!("Hello from hello-{n}!\n")),
+            "{answer}"
+        );
+        addresses.push(format!("{ip}:8080"));
+    }
+    let unique: std::collections::BTreeSet<_> = addresses.iter().collect();
+    assert_eq!(unique.len(), 3, "every pod has its own IP: {addresses:?}");
+
+    // Past its memory limit a container ends OOMKilled.
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.containerStatuses[0].state.terminated.reason}=OOMKilled",
+        "pod/hungry",
+        "--timeout=60s",
+    ]);
+    let hungry = pod_json(&kubeconfig, "hungry");
+    assert_eq!(hungry["status"]["phase"], "Failed");
+    assert_eq!(
+        hungry["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        137
+    );
+
+    // An init container prepares an emptyDir; the container reads it, a configMap volume and
+    // a configMapKeyRef, and cannot write to a read-only mount.
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Failed",
+        "pod/steps",
+        "--timeout=60s",
+    ]);
+    let steps = pod_json(&kubeconfig, "steps");
+    assert_eq!(
+        steps["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    let uid = steps["metadata"]["uid"].as_str().unwrap();
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join(format!("data/agent/pods/{uid}/logs/main/0.log")),
+    )
+    .unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(lines[..3], ["prepared", "hi", "MODE=fast"], "{log}");
+    assert!(lines[3].starts_with("write /config/x:"), "{log}");
+
+    // A crashing command restarts with a growing back-off: 10 s, then 20 s.
+    let crash_state = |restarts: i64| {
+        let kubeconfig = &kubeconfig;
+        move || {
+            let pod = pod_json(kubeconfig, "crash");
+            let status = &pod["status"]["containerStatuses"][0];
+            let message = status["state"]["waiting"]["message"].as_str()?.to_owned();
+            (status["restartCount"] == restarts).then_some((message, status.clone()))
+        }
+    };
+    let limit = std::time::Duration::from_secs(60);
+    let (first, _) = eventually(limit, "the first back-off", crash_state(0));
+    assert!(
+        first.starts_with("back-off 10s restarting failed container=boom pod=crash_default("),
+        "{first}"
+    );
+    let (second, status) = eventually(limit, "the second back-off", crash_state(1));
+    assert!(second.starts_with("back-off 20s"), "{second}");
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 1);
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+    ]);
+    assert!(
+        events.contains("BackOff") && events.contains("Started"),
+        "{events}"
+    );
+
+    // Deleting a pod stops it gracefully; the agent confirms the deletion and the address
+    // stops answering.
+    run(&["delete", "pod", "hello-0", "--timeout=60s"]);
+    assert!(
+        get_http(&addresses[0]).is_err(),
+        "a deleted pod no longer answers"
+    );
+    assert!(
+        get_http(&addresses[1])
+            .unwrap()
+            .contains("Hello from hello-1!")
+    );
+}
+
+#[test]
+fn images_are_pulled_from_an_oci_registry_and_a_wrong_digest_is_refused() {
+    let registry = flotilla_artifacts::testing::Registry::anonymous();
+    let reference = format!("{}/apps/hello:v1", registry.address);
+    let wasm = flotilla_builtins::find("hello-http").unwrap().wasm;
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(flotilla_artifacts::oci::push(
+            &reference,
+            wasm,
+            &flotilla_artifacts::oci::Credentials::Anonymous,
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let wrong = format!("{}/apps/hello@sha256:{}", registry.address, "0".repeat(64));
+    run(&[
+        "run",
+        "pulled",
+        &format!("--image={reference}"),
+        "--port=8080",
+    ]);
+    run(&["run", "wrong", &format!("--image={wrong}")]);
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/pulled",
+        "--timeout=60s",
+    ]);
+    let pulled = pod_json(&kubeconfig, "pulled");
+    assert_eq!(
+        pulled["status"]["containerStatuses"][0]["imageID"],
+        flotilla_artifacts::digest(wasm)
+    );
+    let ip = pulled["status"]["podIP"].as_str().unwrap();
+    assert!(
+        get_http(&format!("{ip}:8080"))
+            .unwrap()
+            .contains("Hello from Flotilla!")
+    );
+
+    let reason = eventually(
+        std::time::Duration::from_secs(60),
+        "the pull failure",
+        || {
+            let pod = pod_json(&kubeconfig, "wrong");
+            let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+            let reason = waiting["reason"].as_str()?;
+            (reason != "ContainerCreating").then(|| (reason.to_owned(), waiting["message"].clone()))
+        },
+    );
+    assert!(
+        reason.0 == "ErrImagePull" || reason.0 == "CrashLoopBackOff",
+        "{reason:?}"
+    );
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=wrong",
+    ]);
+    assert!(events.contains("Failed to pull image"), "{events}");
 }
