@@ -34,6 +34,7 @@ mod crd;
 mod delete;
 pub mod kubeconfig;
 mod metrics;
+pub mod nodes;
 mod openapi_v2;
 pub mod pki;
 mod protobuf;
@@ -100,6 +101,7 @@ pub struct ApiServer {
     watches: watch::WatchCaches,
     metrics: metrics::Metrics,
     admission: admission::AdmissionChain,
+    node_client: Option<Arc<nodes::NodeClient>>,
     /// The schemas of the served kinds (the built-in ones, plus custom resources), and the
     /// OpenAPI v3 documents made from them; replaced whole when custom resources change.
     base_schemas: flotilla_schema::Registry,
@@ -127,6 +129,8 @@ pub struct ApiOptions {
     pub watch_cache: WatchCacheOptions,
     /// The admission steps every write passes.
     pub admission: admission::AdmissionChain,
+    /// How the server reaches node agents (for `pods/log`); `None`: it does not.
+    pub node_client: Option<Arc<nodes::NodeClient>>,
 }
 
 impl Default for ApiOptions {
@@ -137,6 +141,7 @@ impl Default for ApiOptions {
             authenticator: None,
             watch_cache: WatchCacheOptions::default(),
             admission: admission::AdmissionChain::default(),
+            node_client: None,
         }
     }
 }
@@ -223,6 +228,7 @@ impl ApiServer {
             watches: watch::WatchCaches::new(store.clone(), options.watch_cache),
             metrics: metrics::Metrics::new(),
             admission: options.admission,
+            node_client: options.node_client,
             store,
         })
     }
@@ -332,7 +338,7 @@ impl ApiServer {
         self.resources.read().expect("resources lock").clone()
     }
 
-    fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+    pub(crate) fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
         self.resources()
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)

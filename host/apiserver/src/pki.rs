@@ -32,6 +32,7 @@ pub enum PkiError {
 /// The CA and the serving certificate of one server.
 pub struct Pki {
     ca_pem: String,
+    ca_key_pem: String,
     server_cert_pem: String,
     server_key_pem: String,
 }
@@ -102,6 +103,7 @@ impl Pki {
         fs::write(&cert_path, server_cert.pem()).map_err(io(&cert_path))?;
         Ok(Self {
             ca_pem,
+            ca_key_pem: issuer.key().serialize_pem(),
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
         })
@@ -110,6 +112,22 @@ impl Pki {
     /// The CA certificate, PEM: what clients trust.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// A client certificate signed by the CA, for `common_name`: how the API server proves
+    /// itself to node agents. Returns the certificate and its key, PEM.
+    pub fn issue_client(&self, common_name: &str) -> Result<(String, String), PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::new(ca_params(), ca_key);
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, common_name);
+        params.distinguished_name = name;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// The SHA-256 of the CA certificate's PEM, hex: what a join token pins.

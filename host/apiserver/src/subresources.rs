@@ -255,8 +255,94 @@ pub(crate) async fn log(server: &ApiServer, target: &Target<'_>, query: &Query) 
     let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(bad(format!("pod {name} does not have a host assigned")));
     };
-    Err(ApiError::from(Status::new(
-        StatusReason::ServiceUnavailable,
-        format!("the logs of pod {name} are on node {node:?}, whose agent does not serve logs"),
-    )))
+    let container = query
+        .get("container")
+        .filter(|c| !c.is_empty())
+        .or(containers.first().copied())
+        .unwrap_or_default();
+    for number in ["tailLines", "sinceSeconds", "limitBytes"] {
+        if let Some(value) = query.get(number)
+            && value.parse::<i64>().map_or(true, |n| n < 0)
+        {
+            return Err(bad(format!(
+                "{number} must be a non-negative integer, not {value:?}"
+            )));
+        }
+    }
+    let unavailable =
+        |message: String| ApiError::from(Status::new(StatusReason::ServiceUnavailable, message));
+    let Some(client) = &server.node_client else {
+        return Err(unavailable(format!(
+            "the logs of pod {name} are on node {node:?}, and this API server has no identity to reach agents with"
+        )));
+    };
+    let node_key = server
+        .find("", "v1", "nodes")
+        .map(|nodes| nodes.key(None, node))
+        .ok_or_else(|| unavailable("nodes are not served".into()))?;
+    let node_object = match server.store.get(&node_key, None).await {
+        Ok((Some(kv), _)) => decode(&kv)?,
+        Ok((None, _)) => {
+            return Err(unavailable(format!(
+                "node {node:?} of pod {name} is not registered"
+            )));
+        }
+        Err(e) => return Err(unavailable(format!("cannot read node {node:?}: {e}"))),
+    };
+    let endpoint = crate::nodes::Endpoint::of(&node_object).map_err(unavailable)?;
+    let namespace = target.namespace.as_deref().unwrap_or_default();
+    let mut forwarded = Vec::new();
+    for key in [
+        "follow",
+        "previous",
+        "timestamps",
+        "tailLines",
+        "sinceSeconds",
+        "sinceTime",
+        "limitBytes",
+    ] {
+        if let Some(value) = query.get(key) {
+            forwarded.push(format!("{key}={}", percent(value)));
+        }
+    }
+    let path = format!(
+        "/containerLogs/{namespace}/{name}/{container}?{}",
+        forwarded.join("&")
+    );
+    let response = client.get(&endpoint, &path).await.map_err(unavailable)?;
+    let status = response.status();
+    if !status.is_success() {
+        use http_body_util::BodyExt;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let reason = if status == axum::http::StatusCode::NOT_FOUND {
+            StatusReason::NotFound
+        } else {
+            StatusReason::BadRequest
+        };
+        return Err(ApiError::from(Status::new(reason, body.trim().to_owned())));
+    }
+    let mut answer = axum::response::Response::new(axum::body::Body::new(response.into_body()));
+    answer.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain"),
+    );
+    Ok(answer)
+}
+
+/// Percent-encodes a query value.
+fn percent(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

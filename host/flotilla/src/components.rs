@@ -95,6 +95,10 @@ pub struct AgentArgs {
     /// The node's address (its InternalIP).
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: std::net::IpAddr,
+    /// The port of the agent's endpoint, which the API server reaches for logs (0: any free
+    /// port).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
     /// Seconds between lease renewals (of each node, with --simulate).
     #[arg(long, default_value_t = 10)]
     lease_interval: u64,
@@ -184,7 +188,36 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     options.cpu = args.cpu;
     options.memory = args.memory;
     options.max_pods = args.pods;
-    run_agent(&args.cluster.read()?, options).await
+    options.port = args.port;
+    let kubeconfig = args.cluster.read()?;
+    options.api_ca_pem = cluster_ca(&kubeconfig);
+    run_agent(&kubeconfig, options).await
+}
+
+/// The CA a kubeconfig's current cluster is verified with (PEM), when it names one.
+fn cluster_ca(kubeconfig: &str) -> Option<String> {
+    use base64::Engine as _;
+    let config = kube::config::Kubeconfig::from_yaml(kubeconfig).ok()?;
+    let context_name = config.current_context.clone()?;
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)?
+        .context
+        .clone()?;
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)?
+        .cluster
+        .clone()?;
+    if let Some(data) = cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()?;
+        return String::from_utf8(pem).ok();
+    }
+    std::fs::read_to_string(cluster.certificate_authority?).ok()
 }
 
 /// Runs a node agent until the process ends.

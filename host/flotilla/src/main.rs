@@ -55,6 +55,10 @@ struct ServeArgs {
     /// The pod CIDR of the node `up` runs (loopback mode: within 127.0.0.0/8).
     #[arg(long, default_value = "127.1.0.0/16")]
     pod_cidr: String,
+    /// The port of the node agent's endpoint, which the API server reaches for logs (0: any
+    /// free port).
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
 }
 
 impl ServeArgs {
@@ -67,6 +71,7 @@ impl ServeArgs {
             true => Some(server::NodeConfig {
                 name: self.node_name.clone().unwrap_or_else(components::host_name),
                 pod_cidr: components::parse_cidr(&self.pod_cidr)?,
+                port: self.agent_port,
             }),
             false => None,
         };

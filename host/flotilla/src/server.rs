@@ -100,6 +100,8 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<SharedStore> {
 pub struct NodeConfig {
     pub name: String,
     pub pod_cidr: (std::net::Ipv4Addr, u8),
+    /// The port of the agent's endpoint (0: any free one).
+    pub port: u16,
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -167,8 +169,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     println!("flotilla: serving on {url} (health: {url}/healthz)");
     println!("flotilla: admin kubeconfig: {}", kubeconfig_path.display());
 
+    let (client_cert, client_key) = pki
+        .issue_client("flotilla-apiserver")
+        .context("cannot make the API server's client certificate")?;
+    let node_client = flotilla_apiserver::nodes::NodeClient::new(&client_cert, &client_key)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let options = ApiOptions {
         authenticator: Some(Arc::new(authenticator)),
+        node_client: Some(Arc::new(node_client)),
         ..ApiOptions::default()
     };
     let api = ApiServer::with_options(store.clone(), options);
@@ -197,6 +205,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             std::path::absolute(config.data_dir.join("agent"))?,
         );
         options.pod_cidr = node.pod_cidr;
+        options.port = node.port;
+        options.api_ca_pem = Some(pki.ca_pem().to_owned());
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {
                 tracing::error!("the node agent stopped: {error:#}");

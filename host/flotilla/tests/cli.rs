@@ -1571,6 +1571,8 @@ fn cluster_with_node(dir: &Path) -> (Running, PathBuf, String) {
         "node-a",
         "--pod-cidr",
         &cidr,
+        "--agent-port",
+        "0",
         "--data-dir",
         dir.join("data").to_str().unwrap(),
     ]);
@@ -1774,6 +1776,27 @@ spec:
         events.contains("BackOff") && events.contains("Started"),
         "{events}"
     );
+
+    // `logs -f` streams a running container's output and ends when the run ends.
+    let counter = dir.path().join("counter.yaml");
+    std::fs::write(
+        &counter,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: counter}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: count, image: {workload}, args: [count, \"20\", \"100\"]}}\n"
+        ),
+    )
+    .unwrap();
+    run(&["apply", "-f", counter.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/counter",
+        "--timeout=60s",
+    ]);
+    let followed = run(&["logs", "-f", "counter"]);
+    let expected: String = (0..20).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(followed, expected);
+    assert_eq!(run(&["logs", "counter", "--tail=2"]), "tick 18\ntick 19\n");
 
     // Deleting a pod stops it gracefully; the agent confirms the deletion and the address
     // stops answering.

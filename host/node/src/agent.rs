@@ -24,6 +24,9 @@ use crate::images::Images;
 use crate::pod::{self, BackoffPolicy, NodeContext};
 use crate::runtime::{HttpStats, Runtime, RuntimeConfig};
 
+/// The Node annotation naming the agent's serving certificate (its SHA-256, hex).
+pub const SERVING_CERTIFICATE_ANNOTATION: &str = "flotilla.dev/serving-certificate-sha256";
+
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -42,6 +45,10 @@ pub struct AgentOptions {
     pub max_pods: u32,
     pub backoff: BackoffPolicy,
     pub runtime: RuntimeConfig,
+    /// The port of the agent's endpoint (logs) on the node's address; 0 picks a free one.
+    pub port: u16,
+    /// The cluster CA (PEM): the agent serves only clients it signed, the API server.
+    pub api_ca_pem: Option<String>,
 }
 
 impl AgentOptions {
@@ -62,6 +69,8 @@ impl AgentOptions {
             memory: None,
             max_pods: 110,
             backoff: BackoffPolicy::default(),
+            port: 10250,
+            api_ca_pem: None,
         }
     }
 }
@@ -202,9 +211,16 @@ impl Ipam {
     }
 }
 
+/// Where the agent serves and which certificate it serves with.
+struct Endpoint {
+    port: u16,
+    fingerprint: String,
+}
+
 async fn register(
     client: &kube::Client,
     options: &AgentOptions,
+    endpoint: &Endpoint,
 ) -> Result<(i64, i64), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let (cpus, memory) = machine();
@@ -217,17 +233,18 @@ async fn register(
     labels.insert("kubernetes.io/hostname".into(), options.node_name.clone());
     labels.insert("kubernetes.io/os".into(), "wasip2".into());
     labels.insert("kubernetes.io/arch".into(), "wasm32".into());
+    let annotations = json!({SERVING_CERTIFICATE_ANNOTATION: endpoint.fingerprint});
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": options.node_name, "labels": labels},
+        "metadata": {"name": options.node_name, "labels": labels, "annotations": annotations},
         "spec": {"podCIDR": cidr_text(options.pod_cidr), "podCIDRs": [cidr_text(options.pod_cidr)]},
     }))
     .map_err(kube::Error::SerdeError)?;
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let patch = json!({"metadata": {"labels": labels},
+            let patch = json!({"metadata": {"labels": labels, "annotations": annotations},
                 "spec": {"podCIDR": cidr_text(options.pod_cidr), "podCIDRs": [cidr_text(options.pod_cidr)]}});
             nodes
                 .patch(
@@ -239,11 +256,13 @@ async fn register(
         }
         Err(e) => return Err(e),
     }
+    let mut status = node_status(options, &cpu, &memory_text, true);
+    status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": endpoint.port}});
     nodes
         .patch_status(
             &options.node_name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": node_status(options, &cpu, &memory_text, true)})),
+            &Patch::Merge(json!({"status": status})),
         )
         .await?;
     let cpu_millis = flotilla_api::quantity::parse(&cpu).map_or(1000, |q| q.milli_value());
@@ -356,13 +375,30 @@ pub async fn start(client: kube::Client, options: AgentOptions) -> Result<Agent,
         Runtime::new(options.runtime.clone()).map_err(|e| setup("cannot start wasmtime", &e))?;
     let images = Images::open(options.data_dir.join("images"))
         .map_err(|e| setup("cannot open the image store", &e))?;
-    let (cpu_millis, memory) =
-        register(&client, &options)
-            .await
-            .map_err(|source| AgentError::Register {
-                node: options.node_name.clone(),
-                source,
-            })?;
+    let listener = tokio::net::TcpListener::bind((options.node_ip, options.port))
+        .await
+        .map_err(|e| {
+            setup(
+                &format!("cannot listen on {}:{}", options.node_ip, options.port),
+                &e,
+            )
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| setup("the agent's endpoint", &e))?
+        .port();
+    let identity = crate::server::identity(&options.node_name, &options.node_ip.to_string())
+        .map_err(|e| setup("cannot make the agent's certificate", &e))?;
+    let endpoint = Endpoint {
+        port,
+        fingerprint: identity.fingerprint.clone(),
+    };
+    let (cpu_millis, memory) = register(&client, &options, &endpoint)
+        .await
+        .map_err(|source| AgentError::Register {
+            node: options.node_name.clone(),
+            source,
+        })?;
     let ctx = Arc::new(NodeContext {
         client: client.clone(),
         node: options.node_name.clone(),
@@ -374,9 +410,17 @@ pub async fn start(client: kube::Client, options: AgentOptions) -> Result<Agent,
         events: Recorder::start(client.clone(), options.node_name.clone()),
         node_cpu_millis: cpu_millis,
         node_memory: memory,
+        logs: Arc::new(crate::server::LogIndex::default()),
         http_stats: Mutex::new(BTreeMap::new()),
     });
     let stop = CancellationToken::new();
+    tokio::spawn(crate::server::serve(
+        listener,
+        identity,
+        options.api_ca_pem.clone(),
+        ctx.logs.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(
         stop.clone()
             .run_until_cancelled_owned(renew_lease(client.clone(), options.clone())),

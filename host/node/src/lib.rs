@@ -21,6 +21,7 @@ pub mod images;
 pub mod logs;
 mod pod;
 pub mod runtime;
+mod server;
 pub mod simulate;
 pub mod spec;
 

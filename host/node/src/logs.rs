@@ -26,6 +26,8 @@ pub struct LogWriter {
     path: PathBuf,
     inner: Mutex<Inner>,
     max_bytes: u64,
+    /// Changes at every write; false once the run has ended.
+    signal: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -60,7 +62,19 @@ impl LogWriter {
                 partial: [Vec::new(), Vec::new()],
             }),
             max_bytes: MAX_LOG_BYTES,
+            signal: tokio::sync::watch::Sender::new(true),
         })
+    }
+
+    /// Told of every write, and of the end of the run (false).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.signal.subscribe()
+    }
+
+    /// Ends the run: what is left of unterminated lines is written and followers are told.
+    pub fn close(&self) {
+        self.flush();
+        self.signal.send_replace(false);
     }
 
     pub fn path(&self) -> &Path {
@@ -87,6 +101,7 @@ impl LogWriter {
         {
             inner.written += record.len() as u64;
         }
+        self.signal.send_replace(true);
     }
 
     /// Writes what is left of unterminated lines.

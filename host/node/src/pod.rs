@@ -78,6 +78,8 @@ pub(crate) struct NodeContext {
     pub events: Recorder,
     pub node_cpu_millis: i64,
     pub node_memory: i64,
+    /// Where each pod's logs are, for the agent's endpoint.
+    pub logs: Arc<crate::server::LogIndex>,
     /// HTTP containers' request counters, by pod uid and container, for tests and status.
     pub http_stats: Mutex<BTreeMap<(String, String), Arc<HttpStats>>>,
 }
@@ -496,7 +498,12 @@ impl PodRun {
             }
         };
         let log = match LogWriter::create(&self.dir.join("logs"), &container.name, restart) {
-            Ok(log) => Arc::new(log),
+            Ok(log) => {
+                self.ctx
+                    .logs
+                    .writing(log.path().to_owned(), log.subscribe());
+                Arc::new(log)
+            }
             Err(error) => {
                 return Attempt::NotStarted {
                     reason: "CreateContainerError".into(),
@@ -549,7 +556,8 @@ impl PodRun {
                     .await
             }
         };
-        log.flush();
+        log.close();
+        self.ctx.logs.finished(log.path());
         let ran = started.elapsed();
         let finished_at = now();
         let message = match &exit {
@@ -955,6 +963,7 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Pod>
         namespace: namespace.clone(),
     };
     let volumes_dir = dir.join("volumes");
+    ctx.logs.add_pod(&namespace, &name, dir.join("logs"));
     let run = async {
         if already_finished {
             return;
@@ -1075,6 +1084,7 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Pod>
             }
         }
     }
+    ctx.logs.remove_pod(&namespace, &name);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
