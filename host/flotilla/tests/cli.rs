@@ -1798,6 +1798,87 @@ spec:
     assert_eq!(followed, expected);
     assert_eq!(run(&["logs", "counter", "--tail=2"]), "tick 18\ntick 19\n");
 
+    // Probes: readiness gates Ready and never restarts; a failing liveness probe restarts.
+    let probes = dir.path().join("probes.yaml");
+    std::fs::write(
+        &probes,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: ready}}
+spec:
+  containers:
+  - name: web
+    image: {hello}
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
+    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unready}}
+spec:
+  containers:
+  - name: web
+    image: {hello}
+    readinessProbe: {{tcpSocket: {{port: 9999}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: dying}}
+spec:
+  containers:
+  - name: cmd
+    image: {workload}
+    args: [forever]
+    readinessProbe: {{exec: {{command: [print, ok]}}, periodSeconds: 1}}
+    livenessProbe: {{exec: {{command: [exit, "1"]}}, periodSeconds: 1, failureThreshold: 2}}
+"#
+        ),
+    )
+    .unwrap();
+    run(&["apply", "-f", probes.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/ready",
+        "--timeout=60s",
+    ]);
+    let limit = std::time::Duration::from_secs(60);
+    eventually(limit, "a failed readiness probe", || {
+        run(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=unready,reason=Unhealthy",
+        ])
+        .contains("Readiness probe failed: dial tcp")
+        .then_some(())
+    });
+    let unready = pod_json(&kubeconfig, "unready");
+    assert_eq!(unready["status"]["phase"], "Running");
+    assert_eq!(unready["status"]["containerStatuses"][0]["ready"], false);
+    assert_eq!(unready["status"]["containerStatuses"][0]["restartCount"], 0);
+    eventually(limit, "a restart after failed liveness probes", || {
+        let pod = pod_json(&kubeconfig, "dying");
+        let status = &pod["status"]["containerStatuses"][0];
+        (status["restartCount"].as_i64() >= Some(1)).then_some(())
+    });
+    let killing = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=dying,reason=Killing",
+    ]);
+    assert!(
+        killing.contains("Container cmd failed liveness probe, will be restarted"),
+        "{killing}"
+    );
+    assert_eq!(
+        pod_json(&kubeconfig, "ready")["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+
     // Deleting a pod stops it gracefully; the agent confirms the deletion and the address
     // stops answering.
     run(&["delete", "pod", "hello-0", "--timeout=60s"]);

@@ -20,6 +20,7 @@ mod events;
 pub mod images;
 pub mod logs;
 mod pod;
+mod probe;
 pub mod runtime;
 mod server;
 pub mod simulate;

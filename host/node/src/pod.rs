@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::Recorder;
 use crate::images::{Images, PullPolicy};
 use crate::logs::LogWriter;
+use crate::probe;
 use crate::runtime::{Exit, HttpStats, Kind, Runtime, Sandbox, Workload};
 use crate::spec::{self, Placement, Sources};
 
@@ -531,12 +532,17 @@ impl PodRun {
         let started_at = now();
         let exit = match workload.kind {
             Kind::Command => {
+                let (started, ready) = if init {
+                    (true, false)
+                } else {
+                    initially(&container)
+                };
                 self.shared.container(init, index, |c| {
                     c.state = State::Running {
                         started_at: started_at.clone(),
                     };
-                    c.started = true;
-                    c.ready = !init;
+                    c.started = started;
+                    c.ready = ready;
                 });
                 self.event(
                     init,
@@ -545,10 +551,21 @@ impl PodRun {
                     "Started",
                     format!("Started container {}", container.name),
                 );
+                let kill = CancellationToken::new();
+                let probes = async {
+                    if !init {
+                        self.probe(index, &container, &workload, &sandbox, &kill)
+                            .await;
+                    }
+                    std::future::pending::<()>().await
+                };
                 tokio::select! {
                     exit = self.ctx.runtime.run_command(&workload, &sandbox) => exit,
-                    // Killed: as a process that does not handle SIGTERM.
+                    // Stopped: as a process that does not handle SIGTERM.
                     () = self.stop.cancelled() => Exit::Code(143),
+                    // Failed its liveness or startup probe: killed.
+                    () = kill.cancelled() => Exit::Code(137),
+                    () = probes => unreachable!("probes never end by themselves"),
                 }
             }
             Kind::Http => {
@@ -617,12 +634,13 @@ impl PodRun {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((self.uid.clone(), container.name.clone()), stats.clone());
+        let (started, ready) = initially(container);
         self.shared.container(false, index, |c| {
             c.state = State::Running {
                 started_at: started_at.to_owned(),
             };
-            c.started = true;
-            c.ready = true;
+            c.started = started;
+            c.ready = ready;
         });
         self.event(
             false,
@@ -643,15 +661,137 @@ impl PodRun {
         });
         let all = futures::future::join_all(servers);
         tokio::pin!(all);
+        let kill = CancellationToken::new();
+        let probes = async {
+            self.probe(index, container, workload, &sandbox, &kill)
+                .await;
+            std::future::pending::<()>().await
+        };
         tokio::select! {
-            _ = &mut all => {}
+            _ = &mut all => Exit::Code(0),
             () = self.stop.cancelled() => {
                 stop_serving.cancel();
                 let grace = grace_period(&self.pod);
                 let _ = tokio::time::timeout(grace, all).await;
+                Exit::Code(0)
+            }
+            () = kill.cancelled() => {
+                stop_serving.cancel();
+                Exit::Code(137)
+            }
+            () = probes => unreachable!("probes never end by themselves"),
+        }
+    }
+
+    /// Runs the container's probes while it runs: the startup probe first, then liveness and
+    /// readiness. A failed startup or liveness probe cancels `kill`; readiness sets `ready`.
+    async fn probe(
+        &self,
+        index: usize,
+        container: &Container,
+        workload: &Workload,
+        sandbox: &Sandbox,
+        kill: &CancellationToken,
+    ) {
+        let target = probe::Target {
+            pod_ip: self.ip,
+            container,
+            runtime: &self.ctx.runtime,
+            workload,
+            sandbox,
+        };
+        if let Some(startup) = &container.startup_probe {
+            if !self
+                .probe_until(probe::Kind::Startup, startup, &target, index)
+                .await
+            {
+                kill.cancel();
+                return;
+            }
+            self.shared.container(false, index, |c| {
+                c.started = true;
+                c.ready = container.readiness_probe.is_none();
+            });
+        }
+        let liveness = async {
+            if let Some(liveness) = &container.liveness_probe
+                && !self
+                    .probe_until(probe::Kind::Liveness, liveness, &target, index)
+                    .await
+            {
+                self.event(
+                    false,
+                    container,
+                    false,
+                    "Killing",
+                    format!(
+                        "Container {} failed liveness probe, will be restarted",
+                        container.name
+                    ),
+                );
+                kill.cancel();
+            }
+        };
+        let readiness = async {
+            if let Some(readiness) = &container.readiness_probe {
+                self.probe_until(probe::Kind::Readiness, readiness, &target, index)
+                    .await;
+            }
+        };
+        futures::future::join(liveness, readiness).await;
+    }
+
+    /// Runs one probe at its period. Startup probes end at their first success (true);
+    /// liveness probes run until they fail `failureThreshold` times in a row (false);
+    /// readiness probes run for the container's life, setting `ready`.
+    async fn probe_until(
+        &self,
+        kind: probe::Kind,
+        spec: &k8s_openapi::api::core::v1::Probe,
+        target: &probe::Target<'_>,
+        index: usize,
+    ) -> bool {
+        let timing = probe::Timing::of(spec);
+        tokio::time::sleep(timing.initial_delay).await;
+        let (mut successes, mut failures) = (0u32, 0u32);
+        let mut ticker = tokio::time::interval(timing.period);
+        loop {
+            ticker.tick().await;
+            match probe::check(spec, &timing, target).await {
+                Ok(()) => {
+                    failures = 0;
+                    successes += 1;
+                    if successes >= timing.success_threshold {
+                        match kind {
+                            probe::Kind::Startup => return true,
+                            probe::Kind::Readiness => {
+                                self.shared.container(false, index, |c| c.ready = true)
+                            }
+                            probe::Kind::Liveness => {}
+                        }
+                    }
+                }
+                Err(message) => {
+                    successes = 0;
+                    failures += 1;
+                    self.event(
+                        false,
+                        target.container,
+                        true,
+                        "Unhealthy",
+                        format!("{} probe failed: {message}", kind.name()),
+                    );
+                    if failures >= timing.failure_threshold {
+                        match kind {
+                            probe::Kind::Readiness => {
+                                self.shared.container(false, index, |c| c.ready = false)
+                            }
+                            _ => return false,
+                        }
+                    }
+                }
             }
         }
-        Exit::Code(0)
     }
 
     /// Runs the init containers in order; false when the pod failed.
@@ -801,6 +941,13 @@ impl PodRun {
             }
         });
     }
+}
+
+/// A container's `started` and `ready` when it starts: not started while a startup probe has
+/// yet to pass, not ready while a readiness probe has yet to pass.
+fn initially(container: &Container) -> (bool, bool) {
+    let started = container.startup_probe.is_none();
+    (started, started && container.readiness_probe.is_none())
 }
 
 fn grace_period(pod: &Pod) -> Duration {
