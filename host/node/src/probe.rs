@@ -166,7 +166,7 @@ async fn http_get<'h>(
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("Get \"http://{address}{path}\": {e}"))?;
-    let mut head = vec![0u8; 64];
+    let mut head = [0u8; 64];
     let mut read = 0;
     while read < 12 {
         let n = stream
