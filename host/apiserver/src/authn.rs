@@ -33,10 +33,11 @@ pub const ADMIN_GROUP: &str = "system:masters";
 /// The name of the user the first start makes.
 pub const ADMIN_USER: &str = "admin";
 
-/// Known tokens, by digest.
+/// Known tokens, by digest, and the file new ones are added to.
 #[derive(Debug, Default)]
 pub struct Authenticator {
-    users: HashMap<[u8; 32], UserInfo>,
+    users: std::sync::RwLock<HashMap<[u8; 32], UserInfo>>,
+    file: Option<std::path::PathBuf>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -60,7 +61,10 @@ impl Authenticator {
             crate::pki::write_secret_file(path, &line)?;
         }
         let text = fs::read_to_string(path)?;
-        let mut authenticator = Self::default();
+        let authenticator = Self {
+            file: Some(path.to_path_buf()),
+            ..Self::default()
+        };
         let mut admin = None;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -94,15 +98,41 @@ impl Authenticator {
         Ok((authenticator, admin))
     }
 
-    /// Accepts `token` as `user`.
-    pub fn insert(&mut self, token: &str, user: UserInfo) {
-        self.users.insert(digest(token), user);
+    /// Accepts `token` as `user` until the process ends.
+    pub fn insert(&self, token: &str, user: UserInfo) {
+        self.users
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest(token), user);
+    }
+
+    /// Accepts `token` as `user` from now on, across restarts: the token is added to the
+    /// token file first.
+    pub fn insert_persistent(&self, token: &str, user: UserInfo) -> io::Result<()> {
+        if let Some(path) = &self.file {
+            use std::io::Write;
+            let line = format!(
+                "{token},{},{},\"{}\"\n",
+                user.name,
+                user.uid,
+                user.groups.join(",")
+            );
+            let mut file = fs::OpenOptions::new().append(true).open(path)?;
+            file.write_all(line.as_bytes())?;
+            file.sync_all()?;
+        }
+        self.insert(token, user);
+        Ok(())
     }
 
     /// The user a request's `Authorization: Bearer` header names, if the token is known.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<&UserInfo> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<UserInfo> {
         let token = authorization?.strip_prefix("Bearer ")?.trim();
-        self.users.get(&digest(token))
+        self.users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest(token))
+            .cloned()
     }
 }
 
@@ -138,8 +168,13 @@ fn parse_line(line: &str) -> Option<(String, UserInfo)> {
 }
 
 /// Paths anyone may read: health checks and the version, as Kubernetes' default RBAC allows.
+/// `/cacerts` and the join endpoint too: a joining node reads the CA it then checks against
+/// its join token, and proves itself with that token (`join.rs`).
 fn public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+    matches!(
+        path,
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/cacerts" | crate::join::JOIN_PATH
+    )
 }
 
 /// The middleware: known tokens pass with their [`UserInfo`] in the request's extensions,
@@ -153,8 +188,7 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| authenticator.authenticate(Some(v)))
-        .cloned();
+        .and_then(|v| authenticator.authenticate(Some(v)));
     match user {
         Some(user) => {
             request.extensions_mut().insert(user);

@@ -32,6 +32,7 @@ pub mod authn;
 mod body;
 mod crd;
 mod delete;
+pub mod join;
 pub mod kubeconfig;
 mod metrics;
 pub mod nodes;
@@ -102,6 +103,7 @@ pub struct ApiServer {
     metrics: metrics::Metrics,
     admission: admission::AdmissionChain,
     node_client: Option<Arc<nodes::NodeClient>>,
+    join: Option<join::JoinOptions>,
     /// The schemas of the served kinds (the built-in ones, plus custom resources), and the
     /// OpenAPI v3 documents made from them; replaced whole when custom resources change.
     base_schemas: flotilla_schema::Registry,
@@ -131,6 +133,8 @@ pub struct ApiOptions {
     pub admission: admission::AdmissionChain,
     /// How the server reaches node agents (for `pods/log`); `None`: it does not.
     pub node_client: Option<Arc<nodes::NodeClient>>,
+    /// Nodes may join with join tokens (`/cacerts`, `join::JOIN_PATH`); `None`: they may not.
+    pub join: Option<join::JoinOptions>,
 }
 
 impl Default for ApiOptions {
@@ -142,6 +146,7 @@ impl Default for ApiOptions {
             watch_cache: WatchCacheOptions::default(),
             admission: admission::AdmissionChain::default(),
             node_client: None,
+            join: None,
         }
     }
 }
@@ -229,6 +234,7 @@ impl ApiServer {
             metrics: metrics::Metrics::new(),
             admission: options.admission,
             node_client: options.node_client,
+            join: options.join,
             store,
         })
     }
@@ -244,6 +250,8 @@ impl ApiServer {
             .route("/openapi/v2", get(openapi_v2_document))
             .route("/openapi/v3", get(openapi_index))
             .route("/openapi/v3/{*path}", get(openapi_document))
+            .route("/cacerts", get(join::cacerts))
+            .route(join::JOIN_PATH, axum::routing::post(join::join))
             .fallback(rest)
             .with_state(self.clone());
         match &self.authenticator {

@@ -82,6 +82,17 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 pub struct AgentArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Join the cluster at this URL (with --token) instead of using a kubeconfig.
+    #[arg(long, requires = "token")]
+    server: Option<String>,
+    /// The join token (`flotilla token create` makes one).
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN",
+        requires = "server",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// This node's name (default: the host's name).
     #[arg(long)]
     node_name: Option<String>,
@@ -189,35 +200,22 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     options.memory = args.memory;
     options.max_pods = args.pods;
     options.port = args.port;
-    let kubeconfig = args.cluster.read()?;
-    options.api_ca_pem = cluster_ca(&kubeconfig);
+    let kubeconfig = match (&args.server, &args.token) {
+        (Some(server), Some(token)) => {
+            // A node that joined before keeps its credentials.
+            let path = options.data_dir.join("kubeconfig");
+            if !path.exists() {
+                let token = crate::join::parse(token)?;
+                crate::join::join(server, &token, &node, &path).await?;
+                println!("flotilla: node {node} joined {server}");
+            }
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+        }
+        _ => args.cluster.read()?,
+    };
+    options.api_ca_pem = crate::join::cluster_ca(&kubeconfig);
     run_agent(&kubeconfig, options).await
-}
-
-/// The CA a kubeconfig's current cluster is verified with (PEM), when it names one.
-fn cluster_ca(kubeconfig: &str) -> Option<String> {
-    use base64::Engine as _;
-    let config = kube::config::Kubeconfig::from_yaml(kubeconfig).ok()?;
-    let context_name = config.current_context.clone()?;
-    let context = config
-        .contexts
-        .iter()
-        .find(|c| c.name == context_name)?
-        .context
-        .clone()?;
-    let cluster = config
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)?
-        .cluster
-        .clone()?;
-    if let Some(data) = cluster.certificate_authority_data {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .ok()?;
-        return String::from_utf8(pem).ok();
-    }
-    std::fs::read_to_string(cluster.certificate_authority?).ok()
 }
 
 /// Runs a node agent until the process ends.
@@ -248,6 +246,29 @@ pub async fn run_agent(
     println!("flotilla: node {node} running pods (pod CIDR {cidr})");
     let _agent = agent;
     std::future::pending().await
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token: `flotilla agent --server URL --token TOKEN` joins with it.
+    Create {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// How long the token may be used to join (e.g. 24h, 30m).
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+    },
+}
+
+pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create { cluster, ttl } = command;
+    let kubeconfig = cluster.read()?;
+    let ca = crate::join::cluster_ca(&kubeconfig).context(
+        "the kubeconfig names no cluster CA: join tokens need a cluster served over TLS",
+    )?;
+    let token = crate::join::create(cluster.client().await?, &ca, ttl.into()).await?;
+    println!("{token}");
+    Ok(())
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -12,6 +12,7 @@ mod bench;
 mod bench_api;
 mod bench_schedule;
 mod components;
+mod join;
 mod server;
 
 #[derive(Debug, Parser)]
@@ -105,6 +106,11 @@ enum Command {
     Scheduler(components::SchedulerArgs),
     /// Run a node agent: this machine as a node, or simulated nodes (--simulate N).
     Agent(components::AgentArgs),
+    /// Join tokens for nodes.
+    Token {
+        #[command(subcommand)]
+        what: components::TokenCommand,
+    },
     /// Manage WasmPlugins.
     Plugin {
         #[command(subcommand)]
@@ -156,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Scheduler(args) => components::scheduler(args).await,
             Command::Agent(args) => components::agent(args).await,
+            Command::Token { what } => components::token(what).await,
             Command::Plugin { what } => components::plugin(what).await,
             Command::Bench {
                 what: BenchCommand::Store(args),

@@ -115,7 +115,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let store = open_store(&config).await?;
     let revision = store.current_revision().await?;
-    let (mut authenticator, admin_token) =
+    let (authenticator, admin_token) =
         Authenticator::load_or_create(&config.data_dir.join("tokens"))
             .context("cannot read the API tokens")?;
     // In-process components are API clients with their own identity, made fresh each start.
@@ -177,6 +177,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let options = ApiOptions {
         authenticator: Some(Arc::new(authenticator)),
         node_client: Some(Arc::new(node_client)),
+        join: tls
+            .is_some()
+            .then(|| flotilla_apiserver::join::JoinOptions {
+                ca_pem: pki.ca_pem().to_owned(),
+            }),
         ..ApiOptions::default()
     };
     let api = ApiServer::with_options(store.clone(), options);

@@ -1305,9 +1305,17 @@ fn kubectl_get_watch_prints_each_change() {
 
 /// `flotilla agent --simulate` in its own process, until dropped.
 fn simulated_nodes(kubeconfig: &Path, args: &[&str]) -> Running {
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let mut running = agent_process(&all, "simulated nodes running");
+    running.kubeconfig = kubeconfig.to_owned();
+    running
+}
+
+/// `flotilla agent ARGS` in its own process, once it printed a line ending in `ready`.
+fn agent_process(args: &[&str], ready: &str) -> Running {
     let mut child = Command::new(FLOTILLA)
-        .args(["agent", "--kubeconfig"])
-        .arg(kubeconfig)
+        .arg("agent")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -1321,7 +1329,7 @@ fn simulated_nodes(kubeconfig: &Path, args: &[&str]) -> Running {
             .unwrap_or_else(|| panic!("flotilla agent exited early; printed {output:?}"))
             .unwrap();
         output.push(line.clone());
-        if line.ends_with("simulated nodes running") {
+        if line.contains(ready) {
             break;
         }
     }
@@ -1329,7 +1337,7 @@ fn simulated_nodes(kubeconfig: &Path, args: &[&str]) -> Running {
     Running {
         child,
         url: String::new(),
-        kubeconfig: kubeconfig.to_owned(),
+        kubeconfig: PathBuf::new(),
         output,
     }
 }
@@ -1560,11 +1568,8 @@ fn pod_json(kubeconfig: &Path, name: &str) -> serde_json::Value {
 
 /// `flotilla up` with its node agent on a pod CIDR of its own (tests run side by side).
 fn cluster_with_node(dir: &Path) -> (Running, PathBuf, String) {
-    // Distinct per process and per call: every cluster's pods bind addresses of their own.
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = std::process::id().wrapping_mul(7).wrapping_add(call);
-    let cidr = format!("127.{}.{}.0/24", 100 + (id >> 8) % 100, id % 256);
+    // Every cluster's pods bind addresses of their own.
+    let cidr = cluster_cidr();
     let up = start(&[
         "up",
         "--node-name",
@@ -1956,4 +1961,155 @@ fn images_are_pulled_from_an_oci_registry_and_a_wrong_digest_is_refused() {
         "involvedObject.name=wrong",
     ]);
     assert!(events.contains("Failed to pull image"), "{events}");
+}
+
+#[test]
+fn agents_join_with_a_token_and_re_adopt_their_pods_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start(&[
+        "up",
+        "--disable-agent",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let kubeconfig = up.kubeconfig.clone();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let created = Command::new(FLOTILLA)
+        .args(["token", "create", "--ttl", "1h", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("K10"), "{token}");
+
+    // A token pinning another CA is refused before anything secret is sent.
+    let forged = format!(
+        "K10{}::{}",
+        "a".repeat(64),
+        token.split_once("::").unwrap().1
+    );
+    let refused = Command::new(FLOTILLA)
+        .args([
+            "agent",
+            "--server",
+            &up.url,
+            "--token",
+            &forged,
+            "--port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("forged"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("refusing to join"),
+        "{stderr}"
+    );
+
+    let cidr = cluster_cidr();
+    let agent_dir = dir.path().join("agent");
+    let args = [
+        "--server",
+        &up.url,
+        "--token",
+        &token,
+        "--node-name",
+        "joined",
+        "--pod-cidr",
+        &cidr,
+        "--port",
+        "0",
+        "--data-dir",
+        agent_dir.to_str().unwrap(),
+    ];
+    let mut agent = agent_process(&args, "running pods");
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/joined",
+        "--timeout=60s",
+    ]);
+
+    let workload = dir.path().join("workload.wasm");
+    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let hello = dir.path().join("hello_http.wasm");
+    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
+    let manifest = dir.path().join("pods.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - {{name: web, image: {}, ports: [{{containerPort: 8080}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: counter}}\nspec:\n  containers:\n  - {{name: count, image: {}, args: [count, \"100000\", \"100\"]}}\n",
+            hello.display(),
+            workload.display()
+        ),
+    )
+    .unwrap();
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/web",
+        "pod/counter",
+        "--timeout=60s",
+    ]);
+    // Logs come from the joined agent, which trusts the API server by the cluster CA.
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the counter's logs",
+        || run(&["logs", "counter"]).contains("tick 0").then_some(()),
+    );
+    let web = pod_json(&kubeconfig, "web");
+    let address = format!("{}:8080", web["status"]["podIP"].as_str().unwrap());
+    assert!(get_http(&address).unwrap().contains("Hello from Flotilla!"));
+
+    // The agent is killed: its workloads die with it. A pod deleted meanwhile waits for it.
+    terminate_hard(&mut agent);
+    assert!(
+        get_http(&address).is_err(),
+        "the pod's workload ran in the agent"
+    );
+    run(&["delete", "pod", "counter", "--wait=false"]);
+
+    // Back with the credentials it got when it joined: the pod runs again, once, on the same
+    // address, its restart counted; the deletion completes.
+    let _agent = agent_process(&args, "running pods");
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+        "pod/web",
+        "--timeout=60s",
+    ]);
+    let again = pod_json(&kubeconfig, "web");
+    assert_eq!(again["status"]["podIP"], web["status"]["podIP"]);
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the web pod answering",
+        || {
+            get_http(&address)
+                .ok()
+                .filter(|a| a.contains("Hello from Flotilla!"))
+        },
+    );
+    run(&["wait", "--for=delete", "pod/counter", "--timeout=60s"]);
+}
+
+/// A pod CIDR of its own for each cluster a test starts.
+fn cluster_cidr() -> String {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = std::process::id().wrapping_mul(7).wrapping_add(call);
+    format!("127.{}.{}.0/24", 100 + (id >> 8) % 100, id % 256)
+}
+
+/// SIGKILL, and wait for the process to be gone.
+fn terminate_hard(running: &mut Running) {
+    let _ = running.child.kill();
+    let _ = running.child.wait();
 }
