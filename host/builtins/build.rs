@@ -21,17 +21,14 @@ const GUESTS: &[&str] = &[
     "least-allocated",
     "most-allocated",
     "balanced-allocation",
+    // Workloads `flotilla bench pods` runs: the example wasi:http handler and a command.
+    "hello-http",
+    "workload",
 ];
 
 /// Guests embedded only with the `testing` feature: misbehaving plugins for containment tests,
 /// and the examples the end-to-end tests push to a cluster.
-const TESTING_GUESTS: &[&str] = &[
-    "misbehave",
-    "blocking",
-    "zone-spread",
-    "hello-http",
-    "workload",
-];
+const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -904,6 +904,11 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
                 subresources::evict(server, &target, body::parse_as(&content_type, &body)?).await
             }
             ("log", Method::GET) => subresources::log(server, &target, &query).await,
+            ("exec" | "attach" | "portforward", _) => {
+                Err(ApiError::from(Status::bad_request(format!(
+                    "pods/{subresource} is not supported: a pod's containers are WebAssembly components run inside the node agent, with no shell or terminal to attach to; use kubectl logs, probes, or a Service to reach them"
+                ))))
+            }
             (_, method) => Err(method_not_allowed(&method, &path)),
         };
     }

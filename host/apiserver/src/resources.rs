@@ -164,6 +164,19 @@ impl ResourceDef {
                     verbs: &["create"],
                 });
                 all.push(own("log", &["get"]));
+                for (name, kind) in [
+                    ("exec", "PodExecOptions"),
+                    ("attach", "PodAttachOptions"),
+                    ("portforward", "PodPortForwardOptions"),
+                ] {
+                    all.push(Subresource {
+                        name,
+                        group: "",
+                        version: "v1",
+                        kind,
+                        verbs: &["create", "get"],
+                    });
+                }
             }
             _ => {}
         }

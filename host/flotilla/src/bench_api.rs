@@ -81,15 +81,17 @@ impl Drop for ServerProcess {
 
 impl ServerProcess {
     pub(crate) fn start(data_dir: &Path, datastore: &str) -> anyhow::Result<Self> {
+        Self::start_with(
+            data_dir,
+            &["server", "--datastore", datastore, "--disable-scheduler"],
+        )
+    }
+
+    /// Starts `flotilla ARGS --listen 127.0.0.1:0 --data-dir DIR`.
+    pub(crate) fn start_with(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--datastore",
-                datastore,
-                "--disable-scheduler",
-            ])
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_api;
+mod bench_pods;
 mod bench_schedule;
 mod components;
 mod join;
@@ -60,6 +61,9 @@ struct ServeArgs {
     /// free port).
     #[arg(long, default_value_t = 10250)]
     agent_port: u16,
+    /// How many pods the node `up` runs takes.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
 }
 
 impl ServeArgs {
@@ -73,6 +77,7 @@ impl ServeArgs {
                 name: self.node_name.clone().unwrap_or_else(components::host_name),
                 pod_cidr: components::parse_cidr(&self.pod_cidr)?,
                 port: self.agent_port,
+                max_pods: self.max_pods,
             }),
             false => None,
         };
@@ -132,6 +137,9 @@ enum BenchCommand {
     /// Scheduler benchmark (W3): simulated nodes, WASM policies against the same policies
     /// compiled natively, and a hot swap under load.
     Schedule(bench_schedule::ScheduleBenchArgs),
+    /// Workload benchmark (W4, W5): pod bursts on a real and a simulated node, cold starts in
+    /// the agent's runtime against raw wasmtime, memory per idle pod.
+    Pods(bench_pods::PodsBenchArgs),
 }
 
 /// `--compaction-window` in seconds; 0 turns automatic compaction off.
@@ -173,6 +181,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 what: BenchCommand::Schedule(args),
             } => bench_schedule::schedule(args).await,
+            Command::Bench {
+                what: BenchCommand::Pods(args),
+            } => bench_pods::pods(args).await,
         }
     })
 }

@@ -102,6 +102,7 @@ pub struct NodeConfig {
     pub pod_cidr: (std::net::Ipv4Addr, u8),
     /// The port of the agent's endpoint (0: any free one).
     pub port: u16,
+    pub max_pods: u32,
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -211,6 +212,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         );
         options.pod_cidr = node.pod_cidr;
         options.port = node.port;
+        options.max_pods = node.max_pods;
         options.api_ca_pem = Some(pki.ca_pem().to_owned());
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {

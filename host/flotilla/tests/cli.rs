@@ -2113,3 +2113,45 @@ fn terminate_hard(running: &mut Running) {
     let _ = running.child.kill();
     let _ = running.child.wait();
 }
+
+#[test]
+fn pods_benchmark_reports_the_agent_next_to_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FLOTILLA)
+        .args([
+            "bench",
+            "pods",
+            "--burst",
+            "5",
+            "--starts",
+            "20",
+            "--idle-pods",
+            "10",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "| real node (hello-http component, listener bound) |",
+        "| simulated node, same cluster (runs nothing) |",
+        "| agent runtime (sandbox, log sinks, run to exit) |",
+        "| raw wasmtime (empty WASI context) |",
+        "| agent overhead |",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(row)),
+            "{row} in {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("Idle pods: 10 `wasi:cli` pods asleep"),
+        "{stdout}"
+    );
+}
