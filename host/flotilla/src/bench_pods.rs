@@ -162,14 +162,14 @@ async fn cold_starts(
     wasm: &[u8],
     starts: usize,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    use flotilla_node::runtime::{OutputSink, Runtime, RuntimeConfig, Sandbox, Stream};
+    use flotilla_node::runtime::{OutputSink, Runtime, Sandbox, Stream, default_config};
     #[derive(Debug)]
     struct Discard;
     impl OutputSink for Discard {
         fn write(&self, _stream: Stream, _bytes: &[u8]) {}
     }
     let digest = flotilla_artifacts::digest(wasm);
-    let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::new(default_config(None)).map_err(anyhow::Error::msg)?;
     let workload = runtime.prepare(&digest, wasm).map_err(anyhow::Error::msg)?;
     let sandbox = Sandbox {
         args: vec!["app".into()],

@@ -56,10 +56,7 @@ impl AgentOptions {
     pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
         Self {
             node_name: node_name.to_owned(),
-            runtime: RuntimeConfig {
-                cache_dir: Some(data_dir.join("artifacts")),
-                ..RuntimeConfig::default()
-            },
+            runtime: crate::runtime::default_config(Some(data_dir.join("artifacts"))),
             data_dir,
             pod_cidr: (Ipv4Addr::new(127, 1, 0, 0), 16),
             node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -310,24 +307,29 @@ fn node_status(options: &AgentOptions, cpu: &str, memory: &str, first: bool) -> 
     status
 }
 
+/// A node's Lease as renewed now: held by the node, valid for four renewal intervals.
+pub(crate) fn node_lease(name: &str, interval: Duration) -> Lease {
+    Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(name.to_owned()),
+            lease_duration_seconds: Some(interval.as_secs().max(1) as i32 * 4),
+            renew_time: Some(MicroTime(Utc::now())),
+            ..Default::default()
+        }),
+    }
+}
+
 async fn renew_lease(client: kube::Client, options: AgentOptions) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let name = options.node_name.clone();
     let mut ticker = tokio::time::interval(options.lease_interval);
     loop {
         ticker.tick().await;
-        let lease = Lease {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(name.clone()),
-                lease_duration_seconds: Some(options.lease_interval.as_secs().max(1) as i32 * 4),
-                renew_time: Some(MicroTime(Utc::now())),
-                ..Default::default()
-            }),
-        };
+        let lease = node_lease(&name, options.lease_interval);
         let params = PatchParams::apply("flotilla-agent").force();
         if let Err(error) = leases.patch(&name, &params, &Patch::Apply(lease)).await {
             tracing::warn!(node = name, "cannot renew the node's lease: {error}");

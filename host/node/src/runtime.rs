@@ -11,20 +11,17 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flotilla_plugin::ArtifactCache;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    UpdateDeadline,
-};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -35,9 +32,6 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// How often the epoch advances: the granularity of CPU time slices.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
-
 /// What went wrong preparing a workload; the message is what the pod's events and statuses say.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -47,24 +41,16 @@ fn runtime_error(context: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError(format!("{context}: {e}"))
 }
 
-/// How big the runtime's instance pool is.
-#[derive(Clone, Debug)]
-pub struct RuntimeConfig {
-    /// Compiled artifacts are kept here (none: in memory only).
-    pub cache_dir: Option<PathBuf>,
-    /// Instances alive at once (running commands plus HTTP requests in flight).
-    pub max_instances: u32,
-    /// The most linear memory one instance may have, whatever its pod's limit.
-    pub max_memory_bytes: usize,
-}
+/// How big the runtime's instance pool is: instances alive at once (running commands plus
+/// HTTP requests in flight) and the most linear memory one may have, whatever its pod's limit.
+pub type RuntimeConfig = flotilla_plugin::EngineConfig;
 
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            cache_dir: None,
-            max_instances: 2_000,
-            max_memory_bytes: 4 << 30,
-        }
+/// The runtime's defaults: room for a node's pods and their requests in flight.
+pub fn default_config(cache_dir: Option<PathBuf>) -> RuntimeConfig {
+    RuntimeConfig {
+        cache_dir,
+        max_instances: 2_000,
+        max_memory_bytes: 4 << 30,
     }
 }
 
@@ -74,20 +60,12 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<WorkloadState>>,
     cache: Arc<ArtifactCache>,
-    _ticker: Arc<Ticker>,
+    _ticker: Arc<flotilla_plugin::Ticker>,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").finish_non_exhaustive()
-    }
-}
-
-struct Ticker(Arc<AtomicBool>);
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -304,22 +282,8 @@ impl tokio::io::AsyncWrite for Output {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let instances = config.max_instances.max(1);
-        let mut pooling = PoolingAllocationConfig::default();
-        pooling
-            .total_component_instances(instances)
-            .total_core_instances(instances.saturating_mul(8))
-            .total_memories(instances.saturating_mul(2))
-            .total_tables(instances.saturating_mul(8))
-            .total_stacks(instances)
-            .max_memory_size(config.max_memory_bytes);
-        let mut engine_config = Config::new();
-        engine_config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine =
-            Engine::new(&engine_config).map_err(|e| runtime_error("cannot start wasmtime", e))?;
+        let (engine, ticker) = flotilla_plugin::pooled_engine(&config, "flotilla-node-epoch")
+            .map_err(|e| runtime_error("cannot start wasmtime", e))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| runtime_error("cannot link WASI", e))?;
@@ -328,26 +292,11 @@ impl Runtime {
         let cache = ArtifactCache::new(&engine, config.cache_dir)
             .map_err(|e| runtime_error("cannot open the artifact cache", e))?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let thread_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("flotilla-node-epoch".into())
-            .spawn(move || {
-                while !thread_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| runtime_error("cannot start the epoch thread", e))?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             cache: Arc::new(cache),
-            _ticker: Arc::new(Ticker(stop)),
+            _ticker: Arc::new(ticker),
         })
     }
 
@@ -695,6 +644,7 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn sockets_bind_and_listen_only_on_the_pod_ip() {

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::chrono::Utc;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -192,21 +190,10 @@ async fn renew_leases(
         let Ok(permit) = gate.clone().acquire_owned().await else {
             return;
         };
-        let seconds = options.lease_interval.as_secs().max(1) as i32 * 4;
+        let interval = options.lease_interval;
         tokio::spawn(async move {
             let _permit = permit;
-            let lease = Lease {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.clone()),
-                    lease_duration_seconds: Some(seconds),
-                    renew_time: Some(MicroTime(Utc::now())),
-                    ..Default::default()
-                }),
-            };
+            let lease = crate::agent::node_lease(&name, interval);
             let patch = Patch::Apply(lease);
             let params = PatchParams::apply("flotilla-simulated-node").force();
             if leases.patch(&name, &params, &patch).await.is_ok() {

@@ -85,6 +85,57 @@ impl Sources {
     }
 }
 
+/// What a configMap or secret volume holds.
+struct Keys {
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    /// The `items` chosen (key, file), or every key.
+    items: Option<Vec<(String, String)>>,
+    optional: bool,
+    what: String,
+}
+
+impl Sources {
+    /// The keys of a configMap or secret volume; none for other volumes.
+    async fn keys(
+        &self,
+        volume: &k8s_openapi::api::core::v1::Volume,
+    ) -> Option<Result<Keys, ConfigError>> {
+        let (data, items, optional, what) = if let Some(cm) = &volume.config_map {
+            let items = cm.items.as_ref().map(|items| {
+                items
+                    .iter()
+                    .map(|i| (i.key.clone(), i.path.clone()))
+                    .collect()
+            });
+            let what = format!("configmap {:?}", cm.name);
+            (
+                self.config_map_data(&cm.name).await,
+                items,
+                cm.optional,
+                what,
+            )
+        } else if let Some(secret) = &volume.secret {
+            let name = secret.secret_name.clone().unwrap_or_default();
+            let items = secret.items.as_ref().map(|items| {
+                items
+                    .iter()
+                    .map(|i| (i.key.clone(), i.path.clone()))
+                    .collect()
+            });
+            let what = format!("secret {name:?}");
+            (self.secret_data(&name).await, items, secret.optional, what)
+        } else {
+            return None;
+        };
+        Some(data.map(|data| Keys {
+            data,
+            items,
+            optional: optional == Some(true),
+            what,
+        }))
+    }
+}
+
 /// `$(VAR)` references expanded from `env` as Kubernetes does: `$$` escapes, unknown
 /// references stay as written.
 pub fn expand(text: &str, env: &[(String, String)]) -> String {
@@ -360,37 +411,9 @@ pub async fn volumes(
             }
             made.insert(volume.name.clone(), host_path);
             continue;
-        } else if let Some(cm) = &volume.config_map {
-            let data = sources.config_map_data(&cm.name).await?;
-            let items = cm.items.as_ref().map(|items| {
-                items
-                    .iter()
-                    .map(|i| (i.key.clone(), i.path.clone()))
-                    .collect::<Vec<_>>()
-            });
-            write_keys(
-                &path,
-                data,
-                items,
-                cm.optional == Some(true),
-                &format!("configmap {:?}", cm.name),
-            )?;
-        } else if let Some(secret) = &volume.secret {
-            let name = secret.secret_name.clone().unwrap_or_default();
-            let data = sources.secret_data(&name).await?;
-            let items = secret.items.as_ref().map(|items| {
-                items
-                    .iter()
-                    .map(|i| (i.key.clone(), i.path.clone()))
-                    .collect::<Vec<_>>()
-            });
-            write_keys(
-                &path,
-                data,
-                items,
-                secret.optional == Some(true),
-                &format!("secret {name:?}"),
-            )?;
+        } else if let Some(keys) = sources.keys(volume).await {
+            let keys = keys?;
+            write_keys(&path, keys.data, keys.items, keys.optional, &keys.what)?;
         } else {
             return Err(ConfigError(format!(
                 "volume {:?}: only emptyDir, configMap, secret and hostPath volumes are supported",
@@ -462,43 +485,19 @@ pub fn write_keys(
 /// Refreshes the configMap and secret volumes of a running pod from their objects.
 pub async fn refresh_volumes(pod: &Pod, dir: &Path, sources: &Sources) {
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let path = dir.join(&volume.name);
-        let result = if let Some(cm) = &volume.config_map {
-            match sources.config_map_data(&cm.name).await {
-                Ok(data) => {
-                    let items = cm.items.as_ref().map(|items| {
-                        items
-                            .iter()
-                            .map(|i| (i.key.clone(), i.path.clone()))
-                            .collect()
-                    });
-                    write_keys(
-                        &path,
-                        data,
-                        items,
-                        true,
-                        &format!("configmap {:?}", cm.name),
-                    )
-                }
-                Err(e) => Err(e),
-            }
-        } else if let Some(secret) = &volume.secret {
-            let name = secret.secret_name.clone().unwrap_or_default();
-            match sources.secret_data(&name).await {
-                Ok(data) => {
-                    let items = secret.items.as_ref().map(|items| {
-                        items
-                            .iter()
-                            .map(|i| (i.key.clone(), i.path.clone()))
-                            .collect()
-                    });
-                    write_keys(&path, data, items, true, &format!("secret {name:?}"))
-                }
-                Err(e) => Err(e),
-            }
-        } else {
+        let Some(keys) = sources.keys(volume).await else {
             continue;
         };
+        // An object gone meanwhile leaves an empty volume, not a failed pod.
+        let result = keys.and_then(|keys| {
+            write_keys(
+                &dir.join(&volume.name),
+                keys.data,
+                keys.items,
+                true,
+                &keys.what,
+            )
+        });
         if let Err(error) = result {
             tracing::warn!(volume = volume.name, "cannot refresh a volume: {error}");
         }

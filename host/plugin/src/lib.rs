@@ -174,8 +174,9 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
-/// Stops the epoch thread when the last host handle goes.
-struct Ticker {
+/// Stops its engine's epoch thread when dropped (keep it as long as the engine runs guests).
+#[derive(Debug)]
+pub struct Ticker {
     stop: Arc<AtomicBool>,
 }
 
@@ -185,53 +186,63 @@ impl Drop for Ticker {
     }
 }
 
+/// A wasmtime engine as Flotilla runs guests: the component model, the pooling allocator sized
+/// by `config`, and epoch interruption advanced every millisecond by a thread named `thread`
+/// until the returned [`Ticker`] is dropped. The plugin host and the node agent's workload
+/// runtime both run on one.
+pub fn pooled_engine(config: &EngineConfig, thread: &str) -> Result<(Engine, Ticker), EngineError> {
+    let instances = config.max_instances.max(1);
+    let mut pooling = PoolingAllocationConfig::default();
+    // A component holds several core instances and tables, and usually one or two memories.
+    pooling
+        .total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(8))
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory_bytes);
+    let mut engine_config = Config::new();
+    engine_config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    let engine = Engine::new(&engine_config).map_err(engine_error)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let weak = engine.weak();
+    let thread_stop = stop.clone();
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))?;
+    Ok((engine, Ticker { stop }))
+}
+
 fn engine_error(e: impl std::fmt::Display) -> EngineError {
     EngineError(e.to_string())
 }
 
 impl PluginHost {
     pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
-        let mut pooling = PoolingAllocationConfig::default();
-        pooling
-            .total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
-            .total_stacks(config.max_instances)
-            .max_memory_size(config.max_memory_bytes);
-        let mut engine_config = Config::new();
-        engine_config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&engine_config).map_err(engine_error)?;
+        let (engine, ticker) = pooled_engine(&config, "flotilla-plugin-epoch")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
         bindings::Host_::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(engine_error)?;
         let cache = ArtifactCache::new(&engine, config.cache_dir).map_err(engine_error)?;
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let thread_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("flotilla-plugin-epoch".into())
-            .spawn(move || {
-                while !thread_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             cache: Arc::new(cache),
             max_memory_bytes: config.max_memory_bytes,
-            _ticker: Arc::new(Ticker { stop }),
+            _ticker: Arc::new(ticker),
         })
     }
 
