@@ -1623,7 +1623,18 @@ fn up_runs_pods_as_wasi_components_on_its_node() {
     assert_eq!(node["spec"]["podCIDR"], cidr.as_str());
     assert_eq!(node["metadata"]["labels"]["kubernetes.io/os"], "wasip2");
     assert!(node["status"]["allocatable"]["cpu"].is_string(), "{node}");
-    run(&["get", "lease", "node-a", "-n", "kube-node-lease"]);
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the node's lease",
+        || {
+            kubectl(
+                &kubeconfig,
+                &["get", "lease", "node-a", "-n", "kube-node-lease"],
+            )
+            .0
+            .then_some(())
+        },
+    );
 
     let manifest = dir.path().join("pods.yaml");
     let mut yaml = String::new();
