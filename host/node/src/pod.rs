@@ -836,8 +836,11 @@ impl PodRun {
                     }
                 }
                 restart += 1;
-                self.shared
-                    .container(true, index, |c| c.restart_count = restart);
+                self.shared.container(true, index, |c| {
+                    // The next run is being made: the back-off's message is over.
+                    c.restart_count = restart;
+                    c.state = State::waiting("ContainerCreating", None);
+                });
             }
         }
         self.shared.update(|s| s.initialized = true);
@@ -919,8 +922,11 @@ impl PodRun {
                 return;
             }
             restart += 1;
-            self.shared
-                .container(false, index, |c| c.restart_count = restart);
+            self.shared.container(false, index, |c| {
+                // The next run is being made: the back-off's message is over.
+                c.restart_count = restart;
+                c.state = State::waiting("ContainerCreating", None);
+            });
         }
     }
 
@@ -1048,34 +1054,20 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Pod>
     // A pod that already ran to its end is not run again, after an agent restart either.
     let stop = CancellationToken::new();
     let already_finished = phase == "Succeeded" || phase == "Failed";
+    // Containers that ran before (an agent restart) go on counting their restarts.
+    let (init_restarts, restarts) = (restart_counts(&pod, true), restart_counts(&pod, false));
     let shared = Arc::new(Shared {
         status: Mutex::new(Status {
             init: spec
                 .init_containers
                 .iter()
                 .flatten()
-                .map(|c| {
-                    ContainerStatus::new(
-                        c,
-                        restart_counts(&pod, true)
-                            .get(&c.name)
-                            .copied()
-                            .unwrap_or(0),
-                    )
-                })
+                .map(|c| ContainerStatus::new(c, init_restarts.get(&c.name).copied().unwrap_or(0)))
                 .collect(),
             containers: spec
                 .containers
                 .iter()
-                .map(|c| {
-                    ContainerStatus::new(
-                        c,
-                        restart_counts(&pod, false)
-                            .get(&c.name)
-                            .copied()
-                            .unwrap_or(0),
-                    )
-                })
+                .map(|c| ContainerStatus::new(c, restarts.get(&c.name).copied().unwrap_or(0)))
                 .collect(),
             initialized: spec.init_containers.as_ref().is_none_or(Vec::is_empty),
             finished: None,
@@ -1152,7 +1144,6 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Pod>
         if !run.initialize().await {
             return;
         }
-        let restarts = restart_counts(&pod, false);
         let supervisors = (0..spec.containers.len()).map(|index| {
             let first = restarts
                 .get(&spec.containers[index].name)

@@ -7,15 +7,7 @@ use crate::{Failure, Instance, PluginError, World, within};
 #[derive(Debug)]
 pub struct AdmissionPolicy {
     instance: Instance,
-    guest: GuestHandle,
-}
-
-struct GuestHandle(admission::Guest);
-
-impl std::fmt::Debug for GuestHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("admission::Guest")
-    }
+    guest: crate::Exports<admission::Guest>,
 }
 
 fn request_size(request: &Request) -> usize {
@@ -47,7 +39,7 @@ impl AdmissionPolicy {
         })?;
         Ok(Self {
             instance,
-            guest: GuestHandle(guest),
+            guest: crate::Exports(guest),
         })
     }
 

@@ -9,15 +9,7 @@ use crate::{Instance, PluginError, World, within};
 #[derive(Debug)]
 pub struct Controller {
     instance: Instance,
-    guest: GuestHandle,
-}
-
-struct GuestHandle(reconciler::Guest);
-
-impl std::fmt::Debug for GuestHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("reconciler::Guest")
-    }
+    guest: crate::Exports<reconciler::Guest>,
 }
 
 fn ref_size(key: &ObjectRef) -> usize {
@@ -44,7 +36,7 @@ impl Controller {
         })?;
         Ok(Self {
             instance,
-            guest: GuestHandle(guest),
+            guest: crate::Exports(guest),
         })
     }
 

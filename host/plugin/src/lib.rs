@@ -174,6 +174,15 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
+/// A guest's typed exports, held by a handle (the generated types are not `Debug`).
+pub(crate) struct Exports<T>(pub(crate) T);
+
+impl<T> std::fmt::Debug for Exports<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::any::type_name::<T>())
+    }
+}
+
 /// Stops its engine's epoch thread when dropped (keep it as long as the engine runs guests).
 #[derive(Debug)]
 pub struct Ticker {

@@ -8,15 +8,7 @@ use crate::{Instance, PluginError, World, within};
 #[derive(Debug)]
 pub struct ProxyStrategy {
     instance: Instance,
-    guest: GuestHandle,
-}
-
-struct GuestHandle(strategy::Guest);
-
-impl std::fmt::Debug for GuestHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("strategy::Guest")
-    }
+    guest: crate::Exports<strategy::Guest>,
 }
 
 fn service_size(service: &Service) -> usize {
@@ -60,7 +52,7 @@ impl ProxyStrategy {
         })?;
         Ok(Self {
             instance,
-            guest: GuestHandle(guest),
+            guest: crate::Exports(guest),
         })
     }
 

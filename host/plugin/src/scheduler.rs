@@ -9,17 +9,8 @@ use crate::{Failure, Instance, PluginError, World, within};
 #[derive(Debug)]
 pub struct SchedulerPolicy {
     instance: Instance,
-    guest: GuestHandle,
+    guest: crate::Exports<scheduler::Guest>,
     capabilities: Capabilities,
-}
-
-/// `scheduler::Guest` is not `Debug`.
-struct GuestHandle(scheduler::Guest);
-
-impl std::fmt::Debug for GuestHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("scheduler::Guest")
-    }
 }
 
 fn resources_size(r: &Resources) -> usize {
@@ -79,7 +70,7 @@ impl SchedulerPolicy {
         let capabilities = instance.finish(outcome, |_| 3)?;
         Ok(Self {
             instance,
-            guest: GuestHandle(guest),
+            guest: crate::Exports(guest),
             capabilities,
         })
     }
