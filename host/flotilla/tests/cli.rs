@@ -1612,6 +1612,11 @@ fn up_runs_pods_as_wasi_components_on_its_node() {
     let (hello, workload) = (hello.display(), workload.display());
 
     // The node registered with its pod CIDR and is Ready; its Lease is renewed.
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
     run(&[
         "wait",
         "--for=condition=Ready",
