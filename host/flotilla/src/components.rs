@@ -106,6 +106,13 @@ pub struct AgentArgs {
     /// The node's address (its InternalIP).
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: std::net::IpAddr,
+    /// Pod networking: `loopback` (every node on one host, no privileges) or `routed` (each
+    /// node's pod CIDR routed via its node IP, like flannel's host-gw; needs CAP_NET_ADMIN).
+    #[arg(long, default_value = "loopback")]
+    network: flotilla_node::NetworkMode,
+    /// How often running pods' configMap and secret volumes are refreshed.
+    #[arg(long, default_value = "1m")]
+    sync_frequency: humantime::Duration,
     /// The port of the agent's endpoint, which the API server reaches for logs (0: any free
     /// port).
     #[arg(long, default_value_t = 10250)]
@@ -194,6 +201,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut options = flotilla_node::AgentOptions::new(&node, std::path::absolute(&args.data_dir)?);
     options.pod_cidr = parse_cidr(&args.pod_cidr)?;
     options.node_ip = args.node_ip;
+    options.network = args.network;
+    options.sync_frequency = args.sync_frequency.into();
+    flotilla_node::network::check(options.network, options.pod_cidr, options.node_ip)
+        .map_err(anyhow::Error::msg)?;
     options.lease_interval = Duration::from_secs(args.lease_interval.max(1));
     options.labels = labels;
     options.cpu = args.cpu;

@@ -57,6 +57,16 @@ struct ServeArgs {
     /// The pod CIDR of the node `up` runs (loopback mode: within 127.0.0.0/8).
     #[arg(long, default_value = "127.1.0.0/16")]
     pod_cidr: String,
+    /// The address of the node `up` runs (its InternalIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
+    /// Pod networking: `loopback` (every node on this host, no privileges) or `routed` (pod
+    /// CIDRs routed between hosts via their node IPs; needs CAP_NET_ADMIN).
+    #[arg(long, default_value = "loopback")]
+    network: flotilla_node::NetworkMode,
+    /// How often running pods' configMap and secret volumes are refreshed.
+    #[arg(long, default_value = "1m")]
+    sync_frequency: humantime::Duration,
     /// The port of the node agent's endpoint, which the API server reaches for logs (0: any
     /// free port).
     #[arg(long, default_value_t = 10250)]
@@ -73,12 +83,20 @@ impl ServeArgs {
         agent: bool,
     ) -> anyhow::Result<server::ServerConfig> {
         let agent = match agent && !self.disable_agent {
-            true => Some(server::NodeConfig {
-                name: self.node_name.clone().unwrap_or_else(components::host_name),
-                pod_cidr: components::parse_cidr(&self.pod_cidr)?,
-                port: self.agent_port,
-                max_pods: self.max_pods,
-            }),
+            true => {
+                let pod_cidr = components::parse_cidr(&self.pod_cidr)?;
+                flotilla_node::network::check(self.network, pod_cidr, self.node_ip)
+                    .map_err(anyhow::Error::msg)?;
+                Some(server::NodeConfig {
+                    name: self.node_name.clone().unwrap_or_else(components::host_name),
+                    pod_cidr,
+                    port: self.agent_port,
+                    max_pods: self.max_pods,
+                    node_ip: self.node_ip,
+                    network: self.network,
+                    sync_frequency: self.sync_frequency.into(),
+                })
+            }
             false => None,
         };
         Ok(server::ServerConfig {

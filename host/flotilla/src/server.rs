@@ -103,6 +103,9 @@ pub struct NodeConfig {
     /// The port of the agent's endpoint (0: any free one).
     pub port: u16,
     pub max_pods: u32,
+    pub node_ip: std::net::IpAddr,
+    pub network: flotilla_node::NetworkMode,
+    pub sync_frequency: Duration,
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -213,6 +216,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         options.pod_cidr = node.pod_cidr;
         options.port = node.port;
         options.max_pods = node.max_pods;
+        options.node_ip = node.node_ip;
+        options.network = node.network;
+        options.sync_frequency = node.sync_frequency;
         options.api_ca_pem = Some(pki.ca_pem().to_owned());
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {

@@ -1568,9 +1568,15 @@ fn pod_json(kubeconfig: &Path, name: &str) -> serde_json::Value {
 
 /// `flotilla up` with its node agent on a pod CIDR of its own (tests run side by side).
 fn cluster_with_node(dir: &Path) -> (Running, PathBuf, String) {
+    cluster_with_node_and(dir, &[])
+}
+
+/// [`cluster_with_node`] with more arguments to `up`.
+fn cluster_with_node_and(dir: &Path, more: &[&str]) -> (Running, PathBuf, String) {
     // Every cluster's pods bind addresses of their own.
     let cidr = cluster_cidr();
-    let up = start(&[
+    let data = dir.join("data");
+    let mut args = vec![
         "up",
         "--node-name",
         "node-a",
@@ -1579,8 +1585,10 @@ fn cluster_with_node(dir: &Path) -> (Running, PathBuf, String) {
         "--agent-port",
         "0",
         "--data-dir",
-        dir.join("data").to_str().unwrap(),
-    ]);
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    let up = start(&args);
     let kubeconfig = up.kubeconfig.clone();
     (up, kubeconfig, cidr)
 }
@@ -2114,6 +2122,223 @@ fn agents_join_with_a_token_and_re_adopt_their_pods_after_a_kill() {
         },
     );
     run(&["wait", "--for=delete", "pod/counter", "--timeout=60s"]);
+}
+
+/// The logs of a pod's only container, once they hold `wanted`.
+fn logs_holding(kubeconfig: &Path, pod: &str, wanted: &str) -> String {
+    eventually(
+        std::time::Duration::from_secs(60),
+        &format!("{wanted:?} in the logs of {pod}"),
+        || {
+            let (ok, logs, _) = kubectl(kubeconfig, &["logs", pod]);
+            (ok && logs.contains(wanted)).then_some(logs)
+        },
+    )
+}
+
+#[test]
+fn pod_sandboxes_own_their_ip_share_the_cpu_and_see_their_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node_and(dir.path(), &["--sync-frequency", "1s"]);
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let workload = dir.path().join("workload.wasm");
+    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let workload = workload.display();
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(host.join("ro")).unwrap();
+    std::fs::write(host.join("in.txt"), "from the host").unwrap();
+    let host = host.display();
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+
+    let manifest = dir.path().join("pods.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: listener}}
+spec:
+  containers:
+  - name: serve
+    image: {workload}
+    args: [serve, "7000"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fast}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: work, image: {workload}, args: [work, "60"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: slow}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: work
+    image: {workload}
+    args: [work, "60"]
+    resources: {{limits: {{cpu: 100m}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: live}}
+data: {{greeting: first}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  containers:
+  - name: poll
+    image: {workload}
+    args: [poll, /cfg/greeting, "50"]
+    volumeMounts: [{{name: cfg, mountPath: /cfg}}]
+  volumes:
+  - {{name: cfg, configMap: {{name: live}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostfs}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: files
+    image: {workload}
+    args: [cat, /host/in.txt, print, "", write, /host/out.txt, written by the pod, write, /ro/x, refused]
+    volumeMounts: [{{name: host, mountPath: /host}}, {{name: host, mountPath: /ro, subPath: ro, readOnly: true}}]
+  volumes:
+  - {{name: host, hostPath: {{path: {host}, type: Directory}}}}
+"#
+        ),
+    )
+    .unwrap();
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+
+    // A wildcard listen lands on the pod's own IP, where clients and other pods reach it.
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/listener",
+        "--timeout=60s",
+    ]);
+    let listener_ip = pod_json(&kubeconfig, "listener")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    logs_holding(
+        &kubeconfig,
+        "listener",
+        &format!("listening on {listener_ip}:7000"),
+    );
+    let answer = eventually(
+        std::time::Duration::from_secs(30),
+        "the listener's answer",
+        || {
+            use std::io::Read;
+            let mut stream = std::net::TcpStream::connect((listener_ip.as_str(), 7000)).ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        },
+    );
+    assert!(
+        answer.starts_with(&format!("{listener_ip}:7000 from ")),
+        "{answer}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 7000)).is_err(),
+        "the pod listens on its IP only"
+    );
+    std::fs::write(
+        dir.path().join("fetcher.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fetcher}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: fetch, image: {workload}, args: [fetch, \"{listener_ip}:7000\"]}}\n"
+        ),
+    )
+    .unwrap();
+    run(&[
+        "apply",
+        "-f",
+        dir.path().join("fetcher.yaml").to_str().unwrap(),
+    ]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/fetcher",
+        "--timeout=60s",
+    ]);
+    let fetched = run(&["logs", "fetcher"]);
+    assert!(
+        fetched.starts_with(&format!("{listener_ip}:7000 from ")),
+        "{fetched}"
+    );
+
+    // A tenth of a core makes the same work take several times as long.
+    for pod in ["fast", "slow"] {
+        run(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{pod}"),
+            "--timeout=120s",
+        ]);
+    }
+    let took = |pod: &str| -> f64 {
+        let logs = run(&["logs", pod]);
+        logs.trim()
+            .strip_prefix("worked ")
+            .and_then(|rest| rest.strip_suffix(" ms"))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("{pod} printed {logs:?}"))
+    };
+    let (fast, slow) = (took("fast"), took("slow"));
+    assert!(
+        slow >= 3.0 * fast.max(1.0),
+        "100m of cpu took {slow} ms, unlimited {fast} ms"
+    );
+
+    // A configMap volume follows its object while the pod runs.
+    logs_holding(&kubeconfig, "reader", "first");
+    run(&[
+        "patch",
+        "configmap",
+        "live",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"greeting":"second"}}"#,
+    ]);
+    logs_holding(&kubeconfig, "reader", "second");
+    assert_eq!(
+        pod_json(&kubeconfig, "reader")["status"]["containerStatuses"][0]["restartCount"],
+        0,
+        "the update reached the running container"
+    );
+
+    // A hostPath volume is the host's directory; readOnly holds.
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Failed",
+        "pod/hostfs",
+        "--timeout=60s",
+    ]);
+    let logs = run(&["logs", "hostfs"]);
+    assert!(logs.starts_with("from the host\n"), "{logs}");
+    assert!(logs.contains("write /ro/x"), "{logs}");
+    let host = dir.path().join("host");
+    assert_eq!(
+        std::fs::read_to_string(host.join("out.txt")).unwrap(),
+        "written by the pod"
+    );
+    assert!(
+        !host.join("ro/x").exists(),
+        "a readOnly mount stays unwritten"
+    );
 }
 
 /// A pod CIDR of its own for each cluster a test starts.

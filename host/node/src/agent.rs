@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Recorder;
 use crate::images::Images;
+use crate::network::{self, NetworkMode, cidr_text};
 use crate::pod::{self, BackoffPolicy, NodeContext};
 use crate::runtime::{HttpStats, Runtime, RuntimeConfig};
 
@@ -37,6 +38,11 @@ pub struct AgentOptions {
     pub pod_cidr: (Ipv4Addr, u8),
     /// The node's address, as its InternalIP.
     pub node_ip: IpAddr,
+    /// How pod IPs reach each other: one host's loopback range, or routes between hosts.
+    pub network: NetworkMode,
+    /// How often running pods' configMap and secret volumes are refreshed from their objects
+    /// (the kubelet's `--sync-frequency`).
+    pub sync_frequency: Duration,
     pub lease_interval: Duration,
     pub labels: BTreeMap<String, String>,
     /// Overrides of the capacity read from the machine.
@@ -60,6 +66,8 @@ impl AgentOptions {
             data_dir,
             pod_cidr: (Ipv4Addr::new(127, 1, 0, 0), 16),
             node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            network: NetworkMode::Loopback,
+            sync_frequency: Duration::from_secs(60),
             lease_interval: Duration::from_secs(10),
             labels: BTreeMap::new(),
             cpu: None,
@@ -142,10 +150,6 @@ fn memory_available_fraction() -> Option<f64> {
             .and_then(|kb| kb.parse::<f64>().ok())
     };
     Some(field("MemAvailable:")? / field("MemTotal:")?)
-}
-
-fn cidr_text((base, prefix): (Ipv4Addr, u8)) -> String {
-    format!("{base}/{prefix}")
 }
 
 /// Pod IPs from the node's CIDR: the network and first address are left out (the first is the
@@ -371,6 +375,13 @@ struct Running {
 /// background. Returns once the node is registered.
 pub async fn start(client: kube::Client, options: AgentOptions) -> Result<Agent, AgentError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| AgentError::Setup(format!("{what}: {e}"));
+    network::check(options.network, options.pod_cidr, options.node_ip)
+        .map_err(AgentError::Setup)?;
+    if options.network == NetworkMode::Routed {
+        network::claim(options.pod_cidr)
+            .await
+            .map_err(|e| setup("cannot make the pod CIDR local (routed mode)", &e))?;
+    }
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| setup("cannot make the data directory", &e))?;
     let runtime =
@@ -409,6 +420,7 @@ pub async fn start(client: kube::Client, options: AgentOptions) -> Result<Agent,
         images: Arc::new(images),
         pods_dir: options.data_dir.join("pods"),
         backoff: options.backoff,
+        sync_frequency: options.sync_frequency,
         events: Recorder::start(client.clone(), options.node_name.clone()),
         node_cpu_millis: cpu_millis,
         node_memory: memory,
@@ -439,6 +451,12 @@ pub async fn start(client: kube::Client, options: AgentOptions) -> Result<Agent,
         cpu,
         memory_text,
     )));
+    if options.network == NetworkMode::Routed {
+        tokio::spawn(stop.clone().run_until_cancelled_owned(network::route_peers(
+            client.clone(),
+            options.node_name.clone(),
+        )));
+    }
     tokio::spawn(
         stop.clone()
             .run_until_cancelled_owned(run_pods(ctx.clone(), Ipam::new(options.pod_cidr))),

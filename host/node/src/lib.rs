@@ -8,7 +8,8 @@
 //! request), each confined to its preopens and pod IP, with memory and CPU limits; [`images`]
 //! fetches components (local paths, https URLs with digests, OCI registries) and keeps them by
 //! digest; [`spec`] turns a pod's spec into environment, argv and volumes; [`logs`] keeps each
-//! container's output. [`simulate`] is Flotilla's answer to KWOK: nodes that register, keep
+//! container's output. [`network`] gives pod IPs their reach: one host's loopback range, or
+//! routes between hosts (routed mode). [`simulate`] is Flotilla's answer to KWOK: nodes that register, keep
 //! their Leases fresh and report their pods Running without executing anything, for scale work.
 //!
 //! Like every component but the API server, it is an API client and must not reach the store.
@@ -19,6 +20,7 @@ pub mod agent;
 mod events;
 pub mod images;
 pub mod logs;
+pub mod network;
 mod pod;
 mod probe;
 pub mod runtime;
@@ -27,4 +29,5 @@ pub mod simulate;
 pub mod spec;
 
 pub use agent::{Agent, AgentError, AgentOptions, start};
+pub use network::NetworkMode;
 pub use pod::BackoffPolicy;

@@ -76,6 +76,8 @@ pub(crate) struct NodeContext {
     pub images: Arc<Images>,
     pub pods_dir: PathBuf,
     pub backoff: BackoffPolicy,
+    /// How often configMap and secret volumes are refreshed.
+    pub sync_frequency: Duration,
     pub events: Recorder,
     pub node_cpu_millis: i64,
     pub node_memory: i64,
@@ -1156,8 +1158,8 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Pod>
     tokio::pin!(run);
 
     // Run until the pod is marked for deletion (or vanishes), refreshing configMap and secret
-    // volumes as the pod's own updates arrive and once a minute.
-    let mut refresh = tokio::time::interval(Duration::from_secs(60));
+    // volumes as the pod's own updates arrive and every sync period.
+    let mut refresh = tokio::time::interval(ctx.sync_frequency);
     let mut ran_out = false;
     loop {
         let deleting = updates.borrow().metadata.deletion_timestamp.is_some();

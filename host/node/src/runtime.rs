@@ -194,6 +194,8 @@ pub(crate) struct WorkloadState {
     table: ResourceTable,
     memory_limit: usize,
     oom: bool,
+    /// Where a bind to the wildcard address lands.
+    pod_ip: IpAddr,
 }
 
 impl WasiView for WorkloadState {
@@ -289,6 +291,7 @@ impl Runtime {
             .map_err(|e| runtime_error("cannot link WASI", e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| runtime_error("cannot link wasi:http", e))?;
+        bind_to_pod_ip(&mut linker).map_err(|e| runtime_error("cannot link wasi:sockets", e))?;
         let cache = ArtifactCache::new(&engine, config.cache_dir)
             .map_err(|e| runtime_error("cannot open the artifact cache", e))?;
 
@@ -405,6 +408,7 @@ impl Runtime {
             table: ResourceTable::new(),
             memory_limit: sandbox.memory_limit.unwrap_or(usize::MAX),
             oom: false,
+            pod_ip: sandbox.pod_ip,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
@@ -597,6 +601,65 @@ impl HttpServer {
         }
     }
 }
+
+/// A pod's sockets live on its IP, as a container's live in its network namespace: a bind to
+/// the wildcard address (`0.0.0.0`, `::`) binds the pod's IP instead. WASI's own `start-bind`
+/// for TCP and UDP sockets is replaced by one that rewrites the address and then calls it.
+fn bind_to_pod_ip(linker: &mut Linker<WorkloadState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::SocketError;
+    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpSocketAddress, Network};
+    use wasmtime_wasi::p2::bindings::sockets::tcp::{HostTcpSocket, TcpSocket};
+    use wasmtime_wasi::p2::bindings::sockets::udp::{HostUdpSocket, UdpSocket};
+    use wasmtime_wasi::sockets::WasiSocketsView;
+
+    fn on_pod_ip(pod_ip: IpAddr, address: IpSocketAddress) -> IpSocketAddress {
+        let address = SocketAddr::from(address);
+        if !address.ip().is_unspecified() || address.is_ipv4() != pod_ip.is_ipv4() {
+            return address.into();
+        }
+        SocketAddr::new(pod_ip, address.port()).into()
+    }
+    fn result(r: Result<(), SocketError>) -> wasmtime::Result<(Result<(), ErrorCode>,)> {
+        Ok((match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.downcast()?),
+        },))
+    }
+
+    linker.allow_shadowing(true);
+    let mut tcp = linker.instance(&format!("wasi:sockets/tcp@{WASI_SOCKETS_VERSION}"))?;
+    tcp.func_wrap_async(
+        "[method]tcp-socket.start-bind",
+        |mut store,
+         (this, network, address): (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let address = on_pod_ip(state.pod_ip, address);
+                let mut view = state.sockets();
+                result(HostTcpSocket::start_bind(&mut view, this, network, address).await)
+            })
+        },
+    )?;
+    let mut udp = linker.instance(&format!("wasi:sockets/udp@{WASI_SOCKETS_VERSION}"))?;
+    udp.func_wrap_async(
+        "[method]udp-socket.start-bind",
+        |mut store,
+         (this, network, address): (Resource<UdpSocket>, Resource<Network>, IpSocketAddress)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let address = on_pod_ip(state.pod_ip, address);
+                let mut view = state.sockets();
+                result(HostUdpSocket::start_bind(&mut view, this, network, address).await)
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The wasi:sockets version wasmtime-wasi links (guests of any 0.2.x resolve to it).
+const WASI_SOCKETS_VERSION: &str = "0.2.12";
 
 /// The addresses a pod's sockets may use: any destination, but bind and listen only on the
 /// pod's IP. A bind to the wildcard address is what WASI reports for the implicit bind of a

@@ -10,6 +10,11 @@
 //! - `write PATH TEXT`: writes a file
 //! - `ls PATH`: prints the names in a directory
 //! - `count N MS`: prints `tick i` N times, MS apart
+//! - `work N`: runs N million steps of arithmetic and prints `worked MS ms` (wall time)
+//! - `poll PATH MS`: prints a file's text each time it changes, checking every MS, forever
+//! - `serve PORT`: listens on the wildcard address at PORT, prints `listening on ADDR`, and
+//!   answers each connection with `ADDR from PEER` (its local and peer addresses)
+//! - `fetch ADDR`: connects to ADDR (`ip:port`) and prints what it answers
 //! - `forever`: sleeps until stopped
 //!
 //! Running out of steps exits 0; a step that fails prints why and exits 1.
@@ -94,6 +99,33 @@ fn main() {
                     })
                 })
             }
+            "work" => number(arg()).map(|millions| {
+                let start = Instant::now();
+                let mut x = 0u64;
+                for _ in 0..millions * 1_000_000 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                println!("worked {} ms", start.elapsed().as_millis());
+            }),
+            "poll" => {
+                let (path, ms) = (arg(), arg());
+                number(ms).map(|ms| {
+                    let mut last = None;
+                    loop {
+                        let now = std::fs::read_to_string(path).ok();
+                        if now != last {
+                            println!("{}", now.as_deref().unwrap_or("(missing)"));
+                            last = now;
+                        }
+                        std::thread::sleep(Duration::from_millis(ms));
+                    }
+                })
+            }
+            "serve" => number(arg()).and_then(serve),
+            "fetch" => {
+                let address = arg();
+                fetch(address).map_err(|e| format!("fetch {address}: {e}"))
+            }
             "forever" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
@@ -104,6 +136,34 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+fn serve(port: u64) -> Result<(), String> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port as u16))
+        .map_err(|e| format!("serve {port}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on {local}");
+    for stream in listener.incoming() {
+        let mut stream = stream.map_err(|e| format!("accept: {e}"))?;
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        let local = stream
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        let _ = writeln!(stream, "{local} from {peer}");
+    }
+    Ok(())
+}
+
+fn fetch(address: &str) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    print!("{answer}");
+    Ok(())
 }
 
 fn number(text: &str) -> Result<u64, String> {
