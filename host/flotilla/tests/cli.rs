@@ -29,9 +29,15 @@ impl Drop for Running {
 /// Starts `flotilla ARGS --listen 127.0.0.1:0` and waits for the lines naming its URL and its
 /// kubeconfig.
 fn start(args: &[&str]) -> Running {
-    let mut child = Command::new(FLOTILLA)
+    start_with(Command::new(FLOTILLA), args, "127.0.0.1:0")
+}
+
+/// Starts `command ARGS --listen LISTEN` (`command` runs flotilla) and waits for the lines
+/// naming its URL and its kubeconfig.
+fn start_with(mut command: Command, args: &[&str], listen: &str) -> Running {
+    let mut child = command
         .args(args)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -1314,7 +1320,12 @@ fn simulated_nodes(kubeconfig: &Path, args: &[&str]) -> Running {
 
 /// `flotilla agent ARGS` in its own process, once it printed a line ending in `ready`.
 fn agent_process(args: &[&str], ready: &str) -> Running {
-    let mut child = Command::new(FLOTILLA)
+    agent_process_with(Command::new(FLOTILLA), args, ready)
+}
+
+/// [`agent_process`] run by `command` (which runs flotilla).
+fn agent_process_with(mut command: Command, args: &[&str], ready: &str) -> Running {
+    let mut child = command
         .arg("agent")
         .args(args)
         .stdout(Stdio::piped())
@@ -2339,6 +2350,255 @@ spec:
         !host.join("ro/x").exists(),
         "a readOnly mount stays unwritten"
     );
+}
+
+/// Two hosts on one machine: network namespaces `<prefix>a` and `<prefix>b`, joined by a veth
+/// pair with 10.99.0.1 on a and 10.99.0.2 on b. Removed when dropped.
+struct TwoHosts {
+    prefix: String,
+}
+
+impl TwoHosts {
+    const ADDRESSES: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
+
+    fn new() -> Self {
+        let prefix = format!("fl{}", std::process::id());
+        let hosts = Self { prefix };
+        let (a, b) = (hosts.name('a'), hosts.name('b'));
+        let ip = |args: &[&str]| {
+            let output = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("iproute2's ip");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {} (network namespaces need root or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        ip(&[
+            "link", "add", "va", "netns", &a, "type", "veth", "peer", "name", "vb", "netns", &b,
+        ]);
+        for (ns, dev, address) in [
+            (&a, "va", Self::ADDRESSES[0]),
+            (&b, "vb", Self::ADDRESSES[1]),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                dev,
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+
+    fn name(&self, host: char) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    /// A command that runs `program` on `host`.
+    fn command(&self, host: char, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name(host), program]);
+        command
+    }
+
+    /// The routes Flotilla made on `host`.
+    fn routes(&self, host: char) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.name(host), "route", "show", "proto", "73"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for host in ['a', 'b'] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name(host)])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn routed_nodes_on_two_hosts_reach_each_others_pods() {
+    let hosts = TwoHosts::new();
+    let [ip_a, ip_b] = TwoHosts::ADDRESSES;
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = start_with(
+        hosts.command('a', FLOTILLA),
+        &[
+            "up",
+            "--node-name",
+            "node-a",
+            "--network",
+            "routed",
+            "--node-ip",
+            ip_a,
+            "--pod-cidr",
+            "10.42.0.0/24",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &format!("{ip_a}:6443"),
+    );
+    let kubeconfig = up.kubeconfig.clone();
+    // The API is on host a: kubectl runs there.
+    let kubectl_a = |args: &[&str]| -> String {
+        let output = hosts
+            .command('a', "kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let created = hosts
+        .command('a', FLOTILLA)
+        .args(["token", "create", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let agent_dir = dir.path().join("agent-b");
+    let mut agent_b = agent_process_with(
+        hosts.command('b', FLOTILLA),
+        &[
+            "--server",
+            &up.url,
+            "--token",
+            &token,
+            "--node-name",
+            "node-b",
+            "--network",
+            "routed",
+            "--node-ip",
+            ip_b,
+            "--pod-cidr",
+            "10.42.1.0/24",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+        ],
+        "running pods",
+    );
+    for node in ["node-a", "node-b"] {
+        eventually(std::time::Duration::from_secs(60), node, || {
+            let output = hosts
+                .command('a', "kubectl")
+                .env("KUBECONFIG", &kubeconfig)
+                .args(["get", "node", node])
+                .output()
+                .unwrap();
+            output.status.success().then_some(())
+        });
+        kubectl_a(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("node/{node}"),
+            "--timeout=60s",
+        ]);
+    }
+    // Each host routes the other's pod CIDR via the other's address.
+    eventually(std::time::Duration::from_secs(30), "the routes", || {
+        (hosts
+            .routes('a')
+            .contains(&format!("10.42.1.0/24 via {ip_b}"))
+            && hosts
+                .routes('b')
+                .contains(&format!("10.42.0.0/24 via {ip_a}")))
+        .then_some(())
+    });
+
+    let workload = dir.path().join("workload.wasm");
+    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let pod = |name: &str, node: &str, args: &str, restart: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  restartPolicy: {restart}\n  containers:\n  - {{name: main, image: {}, args: [{args}]}}\n---\n",
+            workload.display()
+        )
+    };
+    let servers = dir.path().join("servers.yaml");
+    std::fs::write(
+        &servers,
+        pod("server-a", "node-a", "serve, \"7000\"", "Always")
+            + &pod("server-b", "node-b", "serve, \"7000\"", "Always"),
+    )
+    .unwrap();
+    kubectl_a(&["apply", "-f", servers.to_str().unwrap()]);
+    let mut server_ips = Vec::new();
+    for (name, cidr) in [("server-a", "10.42.0."), ("server-b", "10.42.1.")] {
+        kubectl_a(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ]);
+        let ip = kubectl_a(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"]);
+        assert!(ip.starts_with(cidr), "{name} got {ip}");
+        server_ips.push(ip);
+    }
+
+    // A pod on each host reaches the pod on the other, whose wildcard listen is on its own IP.
+    let fetchers = dir.path().join("fetchers.yaml");
+    std::fs::write(
+        &fetchers,
+        pod(
+            "fetch-a",
+            "node-a",
+            &format!("fetch, \"{}:7000\"", server_ips[1]),
+            "Never",
+        ) + &pod(
+            "fetch-b",
+            "node-b",
+            &format!("fetch, \"{}:7000\"", server_ips[0]),
+            "Never",
+        ),
+    )
+    .unwrap();
+    kubectl_a(&["apply", "-f", fetchers.to_str().unwrap()]);
+    for (name, server, from) in [
+        ("fetch-a", &server_ips[1], ip_a),
+        ("fetch-b", &server_ips[0], ip_b),
+    ] {
+        kubectl_a(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ]);
+        let answer = kubectl_a(&["logs", name]);
+        assert!(
+            answer.starts_with(&format!("{server}:7000 from {from}:")),
+            "{name} was answered {answer:?}"
+        );
+    }
+
+    // A node that leaves takes its route with it.
+    terminate_hard(&mut agent_b);
+    kubectl_a(&["delete", "node", "node-b"]);
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the route's removal",
+        || (!hosts.routes('a').contains("10.42.1.0/24")).then_some(()),
+    );
+    terminate(&mut up);
 }
 
 /// A pod CIDR of its own for each cluster a test starts.
