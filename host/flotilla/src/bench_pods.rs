@@ -8,6 +8,9 @@
 //! - W5: cold start of a cached component inside the agent's runtime (store, WASI context with
 //!   argv, env and log sinks, instantiation from the pool, `wasi:cli/run` to its exit) against
 //!   raw wasmtime instantiating and running the same component with an empty WASI context.
+//! - HTTP: keep-alive throughput and latency (wrk) of one `hello-http` pod served by the agent,
+//!   against `wasmtime serve` of the same component (pooling and on-demand allocation), both
+//!   with a fresh instance per request.
 //! - Memory: the `up` process's resident memory with N idle pods (`wasi:cli` commands asleep)
 //!   on its node, per pod.
 
@@ -41,6 +44,192 @@ pub struct PodsBenchArgs {
     /// Idle pods for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle_pods: usize,
+    /// Seconds of load on each HTTP server.
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u64,
+    /// Keep-alive connections wrk holds open to each HTTP server.
+    #[arg(long, default_value_t = 16)]
+    http_connections: u32,
+}
+
+/// What wrk measured against one server.
+#[derive(Debug)]
+struct Load {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Socket errors and non-2xx/3xx answers.
+    errors: u64,
+}
+
+/// wrk's latency figure (`812.00us`, `2.40ms`, `1.02s`) in ms.
+fn wrk_millis(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+fn parse_wrk(report: &str) -> Option<Load> {
+    let mut load = Load {
+        requests_per_second: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+    };
+    let mut seen = 0;
+    for line in report.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", n] => {
+                load.requests_per_second = n.parse().ok()?;
+                seen += 1;
+            }
+            ["50%", v] => {
+                load.p50_ms = wrk_millis(v)?;
+                seen += 1;
+            }
+            ["99%", v] => {
+                load.p99_ms = wrk_millis(v)?;
+                seen += 1;
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse::<u64>().ok()?,
+            ["Socket", "errors:", rest @ ..] => {
+                // `connect 0, read 0, write 0, timeout 0`
+                load.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    (seen == 3).then_some(load)
+}
+
+/// Drives `url` with wrk (one thread, `connections` keep-alive connections) for `seconds`.
+async fn wrk(url: &str, seconds: u64, connections: u32) -> anyhow::Result<Load> {
+    let output = tokio::process::Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .await
+        .context("cannot run wrk (scripts/deps installs it)")?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_wrk(&report).with_context(|| format!("cannot read wrk's report:\n{report}"))
+}
+
+/// `wasmtime serve` of `wasm` on a free loopback port, until dropped.
+struct WasmtimeServe {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl WasmtimeServe {
+    async fn start(wasm: &std::path::Path, pooling: bool) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut command = tokio::process::Command::new("wasmtime");
+        command
+            .args([
+                "serve",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "-S",
+                "cli=y",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if pooling {
+            command.args(["-O", "pooling-allocator=y"]);
+        }
+        let child = command
+            .arg(wasm)
+            .spawn()
+            .context("cannot run the wasmtime CLI (scripts/deps installs it)")?;
+        let url = format!("http://127.0.0.1:{port}/");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "wasmtime serve did not listen within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, url })
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The agent's HTTP path and `wasmtime serve` of the same component, one after the other.
+async fn http_throughput(
+    client: &kube::Client,
+    namespace: &str,
+    image: &str,
+    wasm: &std::path::Path,
+    args: &PodsBenchArgs,
+) -> anyhow::Result<Vec<(&'static str, Load)>> {
+    let (_, _) = burst(client, namespace, "http", 1, |name| {
+        pod(name, "bench-node", image, &[])
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let ip = pods
+        .get("http-0")
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("the HTTP pod has no IP")?;
+    let agent_url = format!("http://{ip}:8080/");
+    // The pod is Running once its listener is bound.
+    let mut loads = vec![(
+        "flotilla agent (pod IP, instance per request)",
+        wrk(&agent_url, args.http_seconds, args.http_connections).await?,
+    )];
+    for (what, pooling) in [
+        (
+            "wasmtime serve -O pooling-allocator=y (instance per request)",
+            true,
+        ),
+        (
+            "wasmtime serve, on-demand allocation (instance per request)",
+            false,
+        ),
+    ] {
+        let serve = WasmtimeServe::start(wasm, pooling).await?;
+        loads.push((
+            what,
+            wrk(&serve.url, args.http_seconds, args.http_connections).await?,
+        ));
+    }
+    delete_all(client, namespace).await?;
+    Ok(loads)
 }
 
 fn percentiles(h: &Histogram<u64>) -> String {
@@ -327,6 +516,14 @@ pub async fn pods(args: PodsBenchArgs) -> anyhow::Result<()> {
         percentiles(&simulated)
     );
 
+    let loads = http_throughput(&client, namespace, &image, &hello, &args).await?;
+    for (what, load) in &loads {
+        println!(
+            "HTTP {what}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            load.requests_per_second, load.p50_ms, load.p99_ms, load.errors
+        );
+    }
+
     // Memory per idle pod.
     let (before, _) = server.memory_kib();
     let idle_image = workload.display().to_string();
@@ -402,6 +599,27 @@ pub async fn pods(args: PodsBenchArgs) -> anyhow::Result<()> {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
+        "| HTTP: hello-http, wrk -t1 -c{} for {} s, keep-alive | req/s | vs wasmtime serve (pooling) | p50 | p99 | errors |",
+        args.http_connections, args.http_seconds
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let peer = loads
+        .get(1)
+        .map_or(1.0, |(_, l)| l.requests_per_second.max(1.0));
+    for (what, load) in &loads {
+        let _ = writeln!(
+            out,
+            "| {what} | {:.0} | {:.2}x | {:.2} ms | {:.2} ms | {} |",
+            load.requests_per_second,
+            load.requests_per_second / peer,
+            load.p50_ms,
+            load.p99_ms,
+            load.errors
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "Idle pods: {} `wasi:cli` pods asleep on one node: `flotilla up` RSS {before} KiB → {after} KiB, {per_pod:.1} KiB per pod; all Running {:.1} s after the burst began ({}).",
         args.idle_pods,
         idle_wall.as_secs_f64(),
@@ -410,4 +628,30 @@ pub async fn pods(args: PodsBenchArgs) -> anyhow::Result<()> {
     println!("\n{out}");
     delete_all(&client, namespace).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_reports_are_read() {
+        let report = "Running 3s test @ http://127.0.0.1:18080/
+  1 threads and 16 connections
+  Latency Distribution
+     50%  812.00us
+     75%    3.14ms
+     99%    1.02s
+  20377 requests in 3.10s, 2.68MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   6572.63
+";
+        let load = parse_wrk(report).unwrap();
+        assert_eq!(load.requests_per_second, 6572.63);
+        assert!((load.p50_ms - 0.812).abs() < 1e-9);
+        assert_eq!(load.p99_ms, 1020.0);
+        assert_eq!(load.errors, 7);
+        assert!(parse_wrk("wrk: connection refused").is_none());
+    }
 }

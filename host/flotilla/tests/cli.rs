@@ -2628,6 +2628,8 @@ fn pods_benchmark_reports_the_agent_next_to_its_peers() {
             "20",
             "--idle-pods",
             "10",
+            "--http-seconds",
+            "1",
             "--dir",
         ])
         .arg(dir.path())
@@ -2650,6 +2652,19 @@ fn pods_benchmark_reports_the_agent_next_to_its_peers() {
             stdout.lines().any(|l| l.starts_with(row)),
             "{row} in {stdout}"
         );
+    }
+    // Both HTTP servers answered every request wrk sent.
+    for row in [
+        "| flotilla agent (pod IP, instance per request) |",
+        "| wasmtime serve -O pooling-allocator=y (instance per request) |",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row} in {stdout}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cells[2].parse::<f64>().unwrap() > 0.0, "{line}");
+        assert_eq!(cells[6], "0", "no failed requests: {line}");
     }
     assert!(
         stdout.contains("Idle pods: 10 `wasi:cli` pods asleep"),
