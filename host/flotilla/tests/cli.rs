@@ -1787,24 +1787,36 @@ spec:
     assert_eq!(lines[..3], ["prepared", "hi", "MODE=fast"], "{log}");
     assert!(lines[3].starts_with("write /config/x:"), "{log}");
 
-    // A crashing command restarts with a growing back-off: 10 s, then 20 s.
-    let crash_state = |restarts: i64| {
-        let kubeconfig = &kubeconfig;
-        move || {
-            let pod = pod_json(kubeconfig, "crash");
-            let status = &pod["status"]["containerStatuses"][0];
-            let message = status["state"]["waiting"]["message"].as_str()?.to_owned();
-            (status["restartCount"] == restarts).then_some((message, status.clone()))
-        }
-    };
-    let limit = std::time::Duration::from_secs(60);
-    let (first, _) = eventually(limit, "the first back-off", crash_state(0));
+    // A crashing command restarts with a growing back-off: 10 s after the first failure,
+    // doubling with each restart. Whichever back-off is seen first, the next one is twice it.
+    let crash_state =
+        |restarts: Option<i64>| {
+            let kubeconfig = &kubeconfig;
+            move || {
+                let pod = pod_json(kubeconfig, "crash");
+                let status = &pod["status"]["containerStatuses"][0];
+                let message = status["state"]["waiting"]["message"].as_str()?.to_owned();
+                let count = status["restartCount"].as_i64()?;
+                (message.starts_with("back-off") && restarts.is_none_or(|n| n == count))
+                    .then_some((count, message, status.clone()))
+            }
+        };
+    let back_off = |restarts: i64| (10 << restarts.min(5)).min(300);
+    let limit = std::time::Duration::from_secs(120);
+    let (restarts, first, _) = eventually(limit, "a back-off", crash_state(None));
     assert!(
-        first.starts_with("back-off 10s restarting failed container=boom pod=crash_default("),
+        first.starts_with(&format!(
+            "back-off {}s restarting failed container=boom pod=crash_default(",
+            back_off(restarts)
+        )),
         "{first}"
     );
-    let (second, status) = eventually(limit, "the second back-off", crash_state(1));
-    assert!(second.starts_with("back-off 20s"), "{second}");
+    let (_, second, status) =
+        eventually(limit, "the next back-off", crash_state(Some(restarts + 1)));
+    assert!(
+        second.starts_with(&format!("back-off {}s", back_off(restarts + 1))),
+        "{second}"
+    );
     assert_eq!(status["lastState"]["terminated"]["exitCode"], 1);
     let events = run(&[
         "get",
