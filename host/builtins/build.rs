@@ -30,6 +30,9 @@ const GUESTS: &[&str] = &[
 /// and the examples the end-to-end tests push to a cluster.
 const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread"];
 
+/// The built-in controllers, in `plugins/controllers`.
+const CONTROLLERS: &[&str] = &["replicaset-controller"];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -47,37 +50,14 @@ fn main() {
 
     // A separate target directory: the outer cargo holds the lock on the host's one.
     let target_dir = guest_target_dir(&out_dir);
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .arg("build")
-        .arg("--release")
-        .arg("--target")
-        .arg(TARGET)
-        .arg("--manifest-path")
-        .arg(plugins.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // Flags meant for the host build must not leak into the guest build.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PROFILE_RELEASE_DEBUG",
+    // The controllers are a workspace of their own: the SDK's features select one world per
+    // component, and cargo unifies features within a workspace.
+    for workspace in [
+        plugins.join("Cargo.toml"),
+        plugins.join("controllers/Cargo.toml"),
     ] {
-        command.env_remove(var);
+        build_guests(&workspace, &target_dir);
     }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the guest components: {e}"));
-    assert!(
-        status.success(),
-        "building the guest components in {} failed ({status})",
-        plugins.display()
-    );
 
     let mut generated = String::from(
         "/// The built-in components, by package name.\npub const ALL: &[Builtin] = &[\n",
@@ -86,6 +66,7 @@ fn main() {
     let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
     let embedded_guests = GUESTS
         .iter()
+        .chain(CONTROLLERS)
         .chain(TESTING_GUESTS.iter().filter(|_| testing));
     for guest in embedded_guests {
         let file = guest.replace('-', "_");
@@ -105,6 +86,41 @@ fn main() {
     }
     generated.push_str("];\n");
     std::fs::write(out_dir.join("builtins.rs"), constants + &generated).expect("write builtins.rs");
+}
+
+/// `cargo build --release --target wasm32-wasip2` of one guest workspace.
+fn build_guests(manifest: &Path, target_dir: &Path) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(TARGET)
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    // Flags meant for the host build must not leak into the guest build.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        command.env_remove(var);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the guest components: {e}"));
+    assert!(
+        status.success(),
+        "building the guest components in {} failed ({status})",
+        manifest.display()
+    );
 }
 
 fn rerun_if_changed(dir: &Path) {

@@ -79,6 +79,38 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ControllerManagerArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// This replica's name in the leader Lease (default: host name and process id).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Where compiled plugins are cached.
+    #[arg(long, default_value = "flotilla-data/plugin-cache")]
+    plugin_cache: PathBuf,
+}
+
+/// Runs a controller manager until the process stops.
+pub async fn run_controller_manager(
+    kubeconfig: &str,
+    cache: PathBuf,
+    identity: &str,
+) -> anyhow::Result<()> {
+    let client = flotilla_client::connect(kubeconfig).await?;
+    let mut options = flotilla_controllers::ManagerOptions::new(identity);
+    options.cache_dir = Some(cache);
+    println!("flotilla: controller manager {identity} running");
+    flotilla_controllers::run(client, options, tokio_util::sync::CancellationToken::new()).await;
+    Ok(())
+}
+
+pub async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let kubeconfig = args.cluster.read()?;
+    let identity = args.identity.unwrap_or_else(default_identity);
+    run_controller_manager(&kubeconfig, args.plugin_cache, &identity).await
+}
+
+#[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     #[command(flatten)]
     cluster: ClusterArgs,

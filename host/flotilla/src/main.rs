@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Do not run the scheduler in this process.
     #[arg(long)]
     disable_scheduler: bool,
+    /// Do not run the controller manager in this process.
+    #[arg(long)]
+    disable_controllers: bool,
     /// The name of the node `up` runs (default: the host's name).
     #[arg(long)]
     node_name: Option<String>,
@@ -108,6 +111,7 @@ impl ServeArgs {
             plain_http: self.plain_http,
             tls_sans: self.tls_sans,
             scheduler: !self.disable_scheduler,
+            controllers: !self.disable_controllers,
         })
     }
 }
@@ -127,6 +131,9 @@ enum Command {
     /// Run a scheduler against a cluster (a second replica, or a control plane started with
     /// --disable-scheduler). Replicas elect a leader; only it schedules.
     Scheduler(components::SchedulerArgs),
+    /// Run a controller manager against a cluster (a second replica, or a control plane
+    /// started with --disable-controllers). Replicas elect a leader; only it reconciles.
+    ControllerManager(components::ControllerManagerArgs),
     /// Run a node agent: this machine as a node, or simulated nodes (--simulate N).
     Agent(components::AgentArgs),
     /// Join tokens for nodes.
@@ -187,6 +194,7 @@ fn main() -> anyhow::Result<()> {
                 server::run(serve.config(datastore, false)?).await
             }
             Command::Scheduler(args) => components::scheduler(args).await,
+            Command::ControllerManager(args) => components::controller_manager(args).await,
             Command::Agent(args) => components::agent(args).await,
             Command::Token { what } => components::token(what).await,
             Command::Plugin { what } => components::plugin(what).await,

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// Run the scheduler in this process.
     pub scheduler: bool,
+    /// Run the controller manager in this process.
+    pub controllers: bool,
     /// Run a node agent in this process, as this node.
     pub agent: Option<NodeConfig>,
 }
@@ -132,6 +134,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
         },
     );
+    let controllers_token = flotilla_apiserver::authn::new_token()?;
+    authenticator.insert(
+        &controllers_token,
+        flotilla_apiserver::authn::UserInfo {
+            name: "system:kube-controller-manager".into(),
+            uid: "system:kube-controller-manager".into(),
+            groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
+        },
+    );
     let agent_token = flotilla_apiserver::authn::new_token()?;
     if let Some(node) = &config.agent {
         authenticator.insert(
@@ -204,6 +215,17 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_scheduler(&kubeconfig, cache, "up").await {
                 tracing::error!("the scheduler stopped: {error:#}");
+            }
+        });
+    }
+    if config.controllers {
+        let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &controllers_token);
+        let cache = config.data_dir.join("plugin-cache");
+        tokio::spawn(async move {
+            if let Err(error) =
+                crate::components::run_controller_manager(&kubeconfig, cache, "up").await
+            {
+                tracing::error!("the controller manager stopped: {error:#}");
             }
         });
     }

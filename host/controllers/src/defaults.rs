@@ -1,0 +1,51 @@
+//! The built-in controllers: a WasmPlugin of kind `controller` for each (module `builtin`,
+//! digest of the module this binary carries). Missing ones are created; built-ins still
+//! pointing at a built-in module follow this binary's digest; anything a user changed
+//! otherwise is left alone.
+
+use flotilla_client::plugins::{GROUP, VERSION, api};
+use kube::api::{DynamicObject, PostParams};
+use serde_json::json;
+
+/// The built-in controllers, by plugin name (the guest crate's name).
+pub const BUILTIN_CONTROLLERS: &[&str] = &["replicaset-controller"];
+
+/// Creates or refreshes the built-in controllers' WasmPlugins.
+pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
+    let plugins = api(client, "WasmPlugin");
+    for name in BUILTIN_CONTROLLERS {
+        let Some(builtin) = flotilla_builtins::find(name) else {
+            continue;
+        };
+        let digest = flotilla_plugin::digest(builtin.wasm);
+        let conflict_is_fine = |result: Result<DynamicObject, kube::Error>| match result {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        };
+        match plugins.get_opt(name).await? {
+            None => {
+                let object: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": format!("{GROUP}/{VERSION}"),
+                    "kind": "WasmPlugin",
+                    "metadata": {"name": name, "labels": {"plugins.flotilla.dev/builtin": "true"}},
+                    "spec": {"kind": "controller", "module": {"digest": digest, "builtin": name}},
+                }))
+                .map_err(kube::Error::SerdeError)?;
+                conflict_is_fine(plugins.create(&PostParams::default(), &object).await)?;
+            }
+            Some(mut current) => {
+                let module = &current.data["spec"]["module"];
+                if module["builtin"] == *name && module["digest"] != digest.as_str() {
+                    current.data["spec"]["module"]["digest"] = json!(digest);
+                    conflict_is_fine(
+                        plugins
+                            .replace(name, &PostParams::default(), &current)
+                            .await,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

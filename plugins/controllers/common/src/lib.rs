@@ -1,0 +1,322 @@
+//! What the built-in controllers share: label selectors turned into the string form cache
+//! reads take, pod readiness and availability as Kubernetes computes them, controller owner
+//! references, and RFC 3339 timestamps.
+
+use flotilla_sdk::controller::{ObjectRef, Status};
+use serde_json::{Value, json};
+
+/// Parses JSON the host handed over.
+pub fn parse(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// A failed host call, as a reconcile error.
+pub fn failed(what: &str, status: Status) -> String {
+    format!("{what}: {} ({})", status.message, status.reason)
+}
+
+/// A structured label selector (`matchLabels`, `matchExpressions`) in Kubernetes' string form.
+/// An empty selector is refused: it would select every pod in the namespace.
+pub fn selector_string(selector: &Value) -> Result<String, String> {
+    let mut terms = Vec::new();
+    if let Some(labels) = selector["matchLabels"].as_object() {
+        for (key, value) in labels {
+            let value = value
+                .as_str()
+                .ok_or_else(|| format!("matchLabels[{key}] is not a string"))?;
+            terms.push(format!("{key}={value}"));
+        }
+    }
+    for expression in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = expression["key"]
+            .as_str()
+            .ok_or("a matchExpression has no key")?;
+        let values: Vec<&str> = expression["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        terms.push(match expression["operator"].as_str() {
+            Some("In") => format!("{key} in ({})", values.join(",")),
+            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
+            Some("Exists") => key.to_owned(),
+            Some("DoesNotExist") => format!("!{key}"),
+            other => return Err(format!("matchExpression operator {other:?} is not known")),
+        });
+    }
+    if terms.is_empty() {
+        return Err("the selector is empty".into());
+    }
+    Ok(terms.join(","))
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp (`2026-12-01T10:00:00Z`, fractions
+/// and offsets accepted).
+pub fn parse_time(text: &str) -> Option<i64> {
+    let (date, rest) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let mut clock = clock.split(':');
+    let hour: i64 = clock.next()?.parse().ok()?;
+    let minute: i64 = clock.next()?.parse().ok()?;
+    let second: f64 = clock.next()?.parse().ok()?;
+    let offset_seconds = match offset.as_bytes().first() {
+        Some(b'+') | Some(b'-') => {
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let (h, m) = offset[1..].split_once(':')?;
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
+        }
+        _ => 0,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second as i64 - offset_seconds)
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn now() -> i64 {
+    (flotilla_sdk::host::now() / 1_000_000_000) as i64
+}
+
+/// Now as RFC 3339.
+pub fn now_rfc3339() -> String {
+    let seconds = now();
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// The pod's Ready condition, if it is True: since when (seconds since the epoch).
+pub fn ready_since(pod: &Value) -> Option<i64> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        .map(|c| {
+            c["lastTransitionTime"]
+                .as_str()
+                .and_then(parse_time)
+                .unwrap_or(0)
+        })
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// Ready for at least `min_ready_seconds` at `now`.
+pub fn is_available(pod: &Value, min_ready_seconds: i64, now: i64) -> bool {
+    ready_since(pod).is_some_and(|since| min_ready_seconds == 0 || since + min_ready_seconds <= now)
+}
+
+/// Neither being deleted nor finished: it counts towards replicas.
+pub fn is_active(pod: &Value) -> bool {
+    pod["metadata"].get("deletionTimestamp").is_none()
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// The owner reference marked `controller: true`, if any.
+pub fn controller_ref(object: &Value) -> Option<&Value> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == Value::Bool(true))
+}
+
+/// A controller owner reference to `owner`, blocking the owner's foreground deletion.
+pub fn owner_reference(owner: &Value) -> Value {
+    json!({
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// The reference naming an object.
+pub fn object_ref(object: &Value) -> ObjectRef {
+    ObjectRef {
+        api_version: object["apiVersion"].as_str().unwrap_or_default().into(),
+        kind: object["kind"].as_str().unwrap_or_default().into(),
+        namespace: object["metadata"]["namespace"].as_str().map(str::to_owned),
+        name: object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+    }
+}
+
+/// Whether `labels` holds every label of `template_labels`.
+pub fn has_labels(object: &Value, template_labels: &Value) -> bool {
+    template_labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| object["metadata"]["labels"][k] == *v)
+}
+
+/// Kubernetes' ranking of pods to delete first (`ActivePodsWithRanks`): smaller first.
+pub fn deletion_rank(pod: &Value) -> (u8, u8, u8, i64, i64, i64) {
+    let scheduled = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let phase = match pod["status"]["phase"].as_str() {
+        Some("Pending") => 0,
+        Some("Running") => 2,
+        _ => 1,
+    };
+    let ready_since = ready_since(pod);
+    let restarts: i64 = pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
+    let created = pod["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(parse_time)
+        .unwrap_or(0);
+    (
+        u8::from(scheduled),
+        phase,
+        u8::from(ready_since.is_some()),
+        // Ready for less time first: later transitions first.
+        -ready_since.unwrap_or(0),
+        // More restarts first.
+        -restarts,
+        // Newer first.
+        -created,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(
+        node: Option<&str>,
+        phase: &str,
+        ready_at: Option<&str>,
+        restarts: i64,
+        created: &str,
+    ) -> Value {
+        let mut pod = json!({"metadata": {"creationTimestamp": created}, "spec": {}, "status": {"phase": phase,
+            "containerStatuses": [{"restartCount": restarts}]}});
+        if let Some(node) = node {
+            pod["spec"]["nodeName"] = json!(node);
+        }
+        if let Some(at) = ready_at {
+            pod["status"]["conditions"] =
+                json!([{"type": "Ready", "status": "True", "lastTransitionTime": at}]);
+        }
+        pod
+    }
+
+    #[test]
+    fn pods_are_deleted_in_kubernetes_order() {
+        let t = "2026-12-01T10:00:00Z";
+        let unscheduled = pod(None, "Pending", None, 0, t);
+        let pending = pod(Some("n"), "Pending", None, 0, t);
+        let running_not_ready = pod(Some("n"), "Running", None, 0, t);
+        let ready_recently = pod(Some("n"), "Running", Some("2026-12-01T10:05:00Z"), 0, t);
+        let ready_long = pod(Some("n"), "Running", Some("2026-12-01T10:01:00Z"), 0, t);
+        let ready_long_restarted = pod(Some("n"), "Running", Some("2026-12-01T10:01:00Z"), 3, t);
+        let ready_long_newer = pod(
+            Some("n"),
+            "Running",
+            Some("2026-12-01T10:01:00Z"),
+            0,
+            "2026-12-01T10:00:30Z",
+        );
+        let mut pods = vec![
+            ready_long.clone(),
+            ready_long_newer.clone(),
+            ready_recently.clone(),
+            running_not_ready.clone(),
+            ready_long_restarted.clone(),
+            pending.clone(),
+            unscheduled.clone(),
+        ];
+        pods.sort_by_key(deletion_rank);
+        assert_eq!(
+            pods,
+            [
+                unscheduled,
+                pending,
+                running_not_ready,
+                ready_recently,
+                ready_long_restarted,
+                ready_long_newer,
+                ready_long
+            ]
+        );
+    }
+
+    #[test]
+    fn selectors_become_strings() {
+        let selector = json!({"matchLabels": {"app": "web"}, "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "old", "operator": "DoesNotExist"}]});
+        assert_eq!(
+            selector_string(&selector).unwrap(),
+            "app=web,tier in (a,b),!old"
+        );
+        assert!(selector_string(&json!({})).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("2026-12-01T10:00:00Z"), Some(1_796_119_200));
+        assert_eq!(
+            parse_time("2026-12-01T11:00:00.5+01:00"),
+            Some(1_796_119_200)
+        );
+        assert_eq!(parse_time("not a time"), None);
+    }
+
+    #[test]
+    fn availability_needs_min_ready_seconds() {
+        let pod = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-01T10:00:00Z"}]}});
+        let at = parse_time("2026-12-01T10:00:05Z").unwrap();
+        assert!(is_available(&pod, 0, at));
+        assert!(is_available(&pod, 5, at));
+        assert!(!is_available(&pod, 6, at));
+        assert!(!is_ready(&json!({"status": {}})));
+    }
+}

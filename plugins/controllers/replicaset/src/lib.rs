@@ -1,0 +1,335 @@
+//! The ReplicaSet controller, as Kubernetes' has it: a ReplicaSet keeps `spec.replicas` active
+//! pods of its template.
+//!
+//! - **Claims**: pods it controls (a controller owner reference with its uid) whose labels no
+//!   longer match its selector are released; pods matching its selector that no controller
+//!   owns are adopted. Both are JSON patches that test the reference they change, so a race
+//!   with another controller fails instead of stealing the pod.
+//! - **Creation** in slow-start batches (1, 2, 4, … pods), at most 500 per reconcile; a failed
+//!   batch stops the rest, records `FailedCreate` and the `ReplicaFailure` condition.
+//! - **Deletion** preference: unscheduled before scheduled, Pending before Unknown before
+//!   Running, not ready before ready, ready for less time before longer, more restarts before
+//!   fewer, newer before older.
+//! - **Status**: replicas, fullyLabeledReplicas, readyReplicas, availableReplicas (ready for
+//!   `minReadySeconds`), observedGeneration, written with the resourceVersion it was computed
+//!   from; a ReplicaSet with pods about to become available is reconciled again when they do.
+
+use std::time::Duration;
+
+use controller_common::*;
+use flotilla_sdk::cache;
+use flotilla_sdk::controller::*;
+use serde_json::{Value, json};
+
+/// Most pods created or deleted in one reconcile (Kubernetes' burstReplicas).
+const BURST: usize = 500;
+
+#[derive(Debug)]
+pub struct ReplicaSetController;
+
+fn event(rs: &Value, event_type: &str, reason: &str, message: String) {
+    // An event that cannot be recorded is not worth failing the reconcile for.
+    let _ = api::emit_event(&Event {
+        regarding: object_ref(rs),
+        event_type: event_type.into(),
+        reason: reason.into(),
+        message,
+    });
+}
+
+fn pod_ref(namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        namespace: Some(namespace.into()),
+        name: name.into(),
+    }
+}
+
+fn name_of(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+impl ReplicaSetController {
+    /// Releases or adopts pods, and returns the active pods the ReplicaSet controls.
+    fn claim(&self, rs: &Value, selector: &str) -> Result<Vec<Value>, String> {
+        let namespace = rs["metadata"]["namespace"].as_str().unwrap_or_default();
+        let uid = &rs["metadata"]["uid"];
+        let matching: std::collections::HashSet<String> =
+            cache::list("v1", "Pod", Some(namespace), selector)
+                .map_err(|s| failed("listing pods", s))?
+                .iter()
+                .filter_map(|p| parse(p).ok())
+                .map(|p| name_of(&p).to_owned())
+                .collect();
+        let deleting = rs["metadata"].get("deletionTimestamp").is_some();
+        let mut owned = Vec::new();
+        for pod in
+            cache::list("v1", "Pod", Some(namespace), "").map_err(|s| failed("listing pods", s))?
+        {
+            let pod = parse(&pod)?;
+            let name = name_of(&pod).to_owned();
+            let controller = controller_ref(&pod);
+            let matches = matching.contains(&name);
+            match controller {
+                Some(owner) if owner["uid"] == *uid => {
+                    if matches {
+                        owned.push(pod);
+                    } else if pod["metadata"].get("deletionTimestamp").is_none() {
+                        self.release(&pod, uid)?;
+                    }
+                }
+                None if matches
+                    && !deleting
+                    && pod["metadata"].get("deletionTimestamp").is_none() =>
+                {
+                    owned.push(self.adopt(rs, &pod)?);
+                }
+                _ => {}
+            }
+        }
+        Ok(owned)
+    }
+
+    fn release(&self, pod: &Value, uid: &Value) -> Result<(), String> {
+        let refs = pod["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let Some(index) = refs.iter().position(|r| r["uid"] == *uid) else {
+            return Ok(());
+        };
+        let patch = json!([
+            {"op": "test", "path": format!("/metadata/ownerReferences/{index}/uid"), "value": uid},
+            {"op": "remove", "path": format!("/metadata/ownerReferences/{index}")},
+        ]);
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        match api::patch(
+            &pod_ref(namespace, name_of(pod)),
+            PatchType::Json,
+            &patch.to_string(),
+        ) {
+            Ok(_) => Ok(()),
+            // Gone or changed meanwhile: the next reconcile sees it as it is.
+            Err(s) if s.code == 404 || s.code == 422 || s.code == 409 => Ok(()),
+            Err(s) => Err(failed("releasing a pod", s)),
+        }
+    }
+
+    fn adopt(&self, rs: &Value, pod: &Value) -> Result<Value, String> {
+        let reference = owner_reference(rs);
+        let mut patch =
+            vec![json!({"op": "test", "path": "/metadata/uid", "value": pod["metadata"]["uid"]})];
+        match pod["metadata"]["ownerReferences"].as_array() {
+            Some(_) => patch.push(
+                json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": reference}),
+            ),
+            None => patch.push(
+                json!({"op": "add", "path": "/metadata/ownerReferences", "value": [reference]}),
+            ),
+        }
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let adopted = api::patch(
+            &pod_ref(namespace, name_of(pod)),
+            PatchType::Json,
+            &Value::Array(patch).to_string(),
+        )
+        .map_err(|s| failed("adopting a pod", s))?;
+        parse(&adopted)
+    }
+
+    /// Creates `count` pods of the template in slow-start batches; how many were created, and
+    /// the first failure.
+    fn create(&self, rs: &Value, count: usize) -> (usize, Option<String>) {
+        let template = &rs["spec"]["template"];
+        let namespace = rs["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = name_of(rs);
+        let mut metadata = json!({
+            "generateName": format!("{name}-"),
+            "namespace": namespace,
+            "ownerReferences": [owner_reference(rs)],
+        });
+        for field in ["labels", "annotations"] {
+            if let Some(value) = template["metadata"].get(field) {
+                metadata[field] = value.clone();
+            }
+        }
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
+            .to_string();
+        let mut created = 0;
+        let mut batch = 1;
+        while created < count {
+            for _ in 0..batch.min(count - created) {
+                match api::create(&pod) {
+                    Ok(made) => {
+                        created += 1;
+                        let made = parse(&made).unwrap_or_default();
+                        event(
+                            rs,
+                            "Normal",
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", name_of(&made)),
+                        );
+                    }
+                    Err(status) => {
+                        let message = format!("Error creating: {}", status.message);
+                        event(rs, "Warning", "FailedCreate", message.clone());
+                        return (created, Some(message));
+                    }
+                }
+            }
+            batch *= 2;
+        }
+        (created, None)
+    }
+
+    fn delete(&self, rs: &Value, mut pods: Vec<Value>, count: usize) -> Result<(), String> {
+        pods.sort_by_key(deletion_rank);
+        for pod in pods.iter().take(count) {
+            let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+            let options = DeleteOptions {
+                uid: pod["metadata"]["uid"].as_str().map(str::to_owned),
+                ..DeleteOptions::default()
+            };
+            match api::delete(&pod_ref(namespace, name_of(pod)), &options) {
+                Ok(()) => event(
+                    rs,
+                    "Normal",
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {}", name_of(pod)),
+                ),
+                Err(s) if s.code == 404 => {}
+                Err(s) => {
+                    event(
+                        rs,
+                        "Warning",
+                        "FailedDelete",
+                        format!("Error deleting: {}", s.message),
+                    );
+                    return Err(failed("deleting a pod", s));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The status the pods give, and when the next pod becomes available (seconds from now).
+    fn status(rs: &Value, pods: &[Value], failure: Option<&str>) -> (Value, Option<i64>) {
+        let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+        let now = now();
+        let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
+        let ready: Vec<&Value> = pods.iter().filter(|p| is_ready(p)).collect();
+        let available = ready
+            .iter()
+            .filter(|p| is_available(p, min_ready, now))
+            .count();
+        let next = ready
+            .iter()
+            .filter_map(|p| ready_since(p))
+            .map(|since| since + min_ready - now)
+            .filter(|wait| *wait > 0)
+            .min();
+        let mut conditions: Vec<Value> = rs["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["type"] != "ReplicaFailure")
+            .collect();
+        if let Some(message) = failure {
+            let since = rs["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "ReplicaFailure")
+                .map(|c| c["lastTransitionTime"].clone())
+                .unwrap_or_else(|| json!(now_rfc3339()));
+            conditions.push(
+                json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                "message": message, "lastTransitionTime": since}),
+            );
+        }
+        let mut status = json!({
+            "replicas": pods.len(),
+            "fullyLabeledReplicas": pods.iter().filter(|p| has_labels(p, template_labels)).count(),
+            "readyReplicas": ready.len(),
+            "availableReplicas": available,
+            "observedGeneration": rs["metadata"]["generation"],
+        });
+        if !conditions.is_empty() {
+            status["conditions"] = json!(conditions);
+        }
+        (status, next)
+    }
+}
+
+impl Controller for ReplicaSetController {
+    const NAME: &'static str = "replicaset-controller";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn new(_config: &str) -> Result<Self, String> {
+        Ok(Self)
+    }
+
+    fn register(&self) -> Registration {
+        Registration::new("apps/v1", "ReplicaSet")
+            .owns("v1", "Pod")
+            .watch(Watch::new(
+                "v1",
+                "Pod",
+                KeyMapping::SelectedBy("spec.selector".into()),
+            ))
+            .workers(5)
+    }
+
+    fn reconcile(&mut self, key: ObjectRef) -> Result<Option<Duration>, String> {
+        let Some(rs) = cache::get("apps/v1", "ReplicaSet", key.namespace.as_deref(), &key.name)
+            .map_err(|s| failed("reading the replica set", s))?
+        else {
+            // Gone: the garbage collector removes the pods it owned.
+            return Ok(None);
+        };
+        let rs = parse(&rs)?;
+        let selector =
+            selector_string(&rs["spec"]["selector"]).map_err(|e| format!("spec.selector: {e}"))?;
+        let pods = self.claim(&rs, &selector)?;
+        let active: Vec<Value> = pods.into_iter().filter(is_active).collect();
+        let wanted = rs["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+        let mut failure = None;
+        if rs["metadata"].get("deletionTimestamp").is_none() {
+            if active.len() < wanted {
+                let (_, failed) = self.create(&rs, (wanted - active.len()).min(BURST));
+                failure = failed;
+            } else if active.len() > wanted {
+                self.delete(&rs, active.clone(), (active.len() - wanted).min(BURST))?;
+            }
+        }
+        let (status, next) = Self::status(&rs, &active, failure.as_deref());
+        let unchanged = [
+            "replicas",
+            "fullyLabeledReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "observedGeneration",
+            "conditions",
+        ]
+        .iter()
+        .all(|field| {
+            rs["status"].get(*field).unwrap_or(&Value::Null)
+                == status.get(*field).unwrap_or(&Value::Null)
+                || (rs["status"].get(*field).is_none() && status[*field] == json!(0))
+        });
+        if !unchanged {
+            let mut updated = rs.clone();
+            updated["status"] = status;
+            api::update_status(&updated.to_string())
+                .map_err(|s| failed("writing the status", s))?;
+        }
+        if let Some(message) = failure {
+            return Err(message);
+        }
+        Ok(next.map(|seconds| Duration::from_secs(seconds as u64)))
+    }
+}
+
+flotilla_sdk::export_controller!(ReplicaSetController);
