@@ -2613,6 +2613,122 @@ fn routed_nodes_on_two_hosts_reach_each_others_pods() {
     terminate(&mut up);
 }
 
+#[test]
+fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let workload = dir.path().join("workload.wasm");
+    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let manifest = dir.path().join("rs.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: web}}\nspec:\n  replicas: 3\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web, tier: front}}}}\n    spec:\n      containers:\n      - {{name: main, image: {}, args: [forever]}}\n",
+            workload.display()
+        ),
+    )
+    .unwrap();
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    let wait_ready = |n: usize| {
+        run(&[
+            "wait",
+            &format!("--for=jsonpath={{.status.readyReplicas}}={n}"),
+            "rs/web",
+            "--timeout=60s",
+        ]);
+    };
+    // The pods that count: the replica set's, not being deleted.
+    let pods = || -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&run(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_ready(3);
+    assert_eq!(pods().len(), 3);
+    let rs: serde_json::Value =
+        serde_json::from_str(&run(&["get", "rs", "web", "-o", "json"])).unwrap();
+    assert_eq!(rs["status"]["replicas"], 3, "{rs}");
+    assert_eq!(rs["status"]["fullyLabeledReplicas"], 3, "{rs}");
+    assert_eq!(rs["status"]["availableReplicas"], 3, "{rs}");
+    assert_eq!(
+        rs["status"]["observedGeneration"],
+        rs["metadata"]["generation"]
+    );
+    let owner: serde_json::Value = serde_json::from_str(&run(&[
+        "get",
+        "pod",
+        &pods()[0],
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0]}",
+    ]))
+    .unwrap();
+    assert_eq!(owner["kind"], "ReplicaSet");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["uid"], rs["metadata"]["uid"]);
+
+    // Scaling up and down.
+    run(&["scale", "rs", "web", "--replicas=5"]);
+    wait_ready(5);
+    run(&["scale", "rs", "web", "--replicas=2"]);
+    eventually(std::time::Duration::from_secs(60), "two pods", || {
+        (pods().len() == 2).then_some(())
+    });
+    wait_ready(2);
+
+    // A pod relabelled out of the selector is released and replaced.
+    let released = pods()[0].clone();
+    run(&["label", "pod", &released, "app=elsewhere", "--overwrite"]);
+    eventually(std::time::Duration::from_secs(60), "the release", || {
+        let refs = run(&[
+            "get",
+            "pod",
+            &released,
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ]);
+        (refs.trim().is_empty() || refs.trim() == "[]").then_some(())
+    });
+    eventually(std::time::Duration::from_secs(60), "a replacement", || {
+        (pods().len() == 2 && !pods().contains(&released)).then_some(())
+    });
+    // Relabelled back, it is adopted again, and one pod too many goes.
+    run(&["label", "pod", &released, "app=web", "--overwrite"]);
+    eventually(std::time::Duration::from_secs(60), "the adoption", || {
+        let kind = run(&[
+            "get",
+            "pod",
+            &released,
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}",
+        ]);
+        (kind == "ReplicaSet" && pods().len() == 2).then_some(())
+    });
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]);
+    assert!(
+        events.contains("SuccessfulCreate") && events.contains("SuccessfulDelete"),
+        "{events}"
+    );
+    // The built-in controller reports itself on its WasmPlugin.
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/replicaset-controller",
+        "--timeout=30s",
+    ]);
+}
+
 /// A pod CIDR of its own for each cluster a test starts.
 fn cluster_cidr() -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
