@@ -31,7 +31,7 @@ const GUESTS: &[&str] = &[
 const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread"];
 
 /// The built-in controllers, in `plugins/controllers`.
-const CONTROLLERS: &[&str] = &["replicaset-controller"];
+const CONTROLLERS: &[&str] = &["replicaset-controller", "deployment-controller"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

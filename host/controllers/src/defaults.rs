@@ -8,7 +8,7 @@ use kube::api::{DynamicObject, PostParams};
 use serde_json::json;
 
 /// The built-in controllers, by plugin name (the guest crate's name).
-pub const BUILTIN_CONTROLLERS: &[&str] = &["replicaset-controller"];
+pub const BUILTIN_CONTROLLERS: &[&str] = &["replicaset-controller", "deployment-controller"];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {

@@ -189,6 +189,49 @@ pub fn has_labels(object: &Value, template_labels: &Value) -> bool {
         .all(|(k, v)| object["metadata"]["labels"][k] == *v)
 }
 
+/// An `IntOrString` field (`3`, `"25%"`) against `total`: a percentage rounds up when `round_up`
+/// (maxSurge), down otherwise (maxUnavailable).
+pub fn int_or_percent(
+    value: &Value,
+    total: i64,
+    round_up: bool,
+    default: &str,
+) -> Result<i64, String> {
+    let text = match value {
+        Value::Null => default.to_owned(),
+        Value::Number(n) => return n.as_i64().ok_or_else(|| format!("{n} is not an integer")),
+        Value::String(s) => s.clone(),
+        other => return Err(format!("{other} is neither a number nor a percentage")),
+    };
+    let percent: i64 = text
+        .strip_suffix('%')
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("{text:?} is neither a number nor a percentage"))?;
+    let scaled = percent * total;
+    Ok(if round_up {
+        (scaled + 99) / 100
+    } else {
+        scaled / 100
+    })
+}
+
+/// FNV-1a, 32 bits.
+pub fn fnv32a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A hash as Kubernetes writes `pod-template-hash` values: base-10 digits mapped onto an
+/// alphabet without vowels, so it never spells a word.
+pub fn safe_encode(hash: u32) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    hash.to_string()
+        .bytes()
+        .map(|digit| ALPHABET[usize::from(digit - b'0')] as char)
+        .collect()
+}
+
 /// Kubernetes' ranking of pods to delete first (`ActivePodsWithRanks`): smaller first.
 pub fn deletion_rank(pod: &Value) -> (u8, u8, u8, i64, i64, i64) {
     let scheduled = pod["spec"]["nodeName"]
@@ -284,6 +327,17 @@ mod tests {
                 ready_long
             ]
         );
+    }
+
+    #[test]
+    fn surge_rounds_up_and_unavailable_down() {
+        assert_eq!(int_or_percent(&json!("25%"), 10, true, "25%"), Ok(3));
+        assert_eq!(int_or_percent(&json!("25%"), 10, false, "25%"), Ok(2));
+        assert_eq!(int_or_percent(&Value::Null, 4, true, "25%"), Ok(1));
+        assert_eq!(int_or_percent(&json!(2), 10, true, "25%"), Ok(2));
+        assert!(int_or_percent(&json!("lots"), 10, true, "25%").is_err());
+        assert_eq!(safe_encode(1234567890).len(), 10);
+        assert_ne!(fnv32a(b"a"), fnv32a(b"b"));
     }
 
     #[test]
