@@ -1574,7 +1574,7 @@ fn eventually<T>(
 }
 
 fn pod_json(kubeconfig: &Path, name: &str) -> serde_json::Value {
-    serde_json::from_str(&kubectl_ok(kubeconfig, &["get", "pod", name, "-o", "json"])).unwrap()
+    object_json(kubeconfig, "pod", name)
 }
 
 /// `flotilla up` with its node agent on a pod CIDR of its own (tests run side by side).
@@ -2727,6 +2727,199 @@ fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
         "wasmplugin/replicaset-controller",
         "--timeout=30s",
     ]);
+}
+
+/// The greeting of every Running pod of `app`, by pod IP.
+fn greetings(kubeconfig: &Path, app: &str) -> Vec<(String, String)> {
+    let list: serde_json::Value = serde_json::from_str(&kubectl_ok(
+        kubeconfig,
+        &["get", "pods", "-l", &format!("app={app}"), "-o", "json"],
+    ))
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running"
+        })
+        .map(|p| {
+            let ip = p["status"]["podIP"].as_str().unwrap().to_owned();
+            let answer = get_http(&format!("{ip}:8080")).unwrap_or_default();
+            let body = answer
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            (ip, body)
+        })
+        .collect()
+}
+
+#[test]
+fn deployments_roll_out_roll_back_pause_and_scale_with_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let hello = dir.path().join("hello_http.wasm");
+    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
+    let manifest = dir.path().join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hello}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: hello}}}}
+  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata: {{labels: {{app: hello}}}}
+    spec:
+      containers:
+      - name: web
+        image: {}
+        ports: [{{containerPort: 8080}}]
+        env: [{{name: GREETING_NAME, value: one}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+"#,
+            hello.display()
+        ),
+    )
+    .unwrap();
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    let status = run(&["rollout", "status", "deployment/hello", "--timeout=90s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    // Every pod of the Deployment answers on its own IP.
+    let answers = greetings(&kubeconfig, "hello");
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    let mut ips: Vec<&String> = answers.iter().map(|(ip, _)| ip).collect();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "{answers:?}");
+    assert!(
+        answers.iter().all(|(_, body)| body == "Hello from one!"),
+        "{answers:?}"
+    );
+
+    // A new template rolls out; the history records it.
+    run(&[
+        "annotate",
+        "deployment/hello",
+        "kubernetes.io/change-cause=greet two",
+    ]);
+    run(&["set", "env", "deployment/hello", "GREETING_NAME=two"]);
+    let status = run(&["rollout", "status", "deployment/hello", "--timeout=90s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert!(
+        greetings(&kubeconfig, "hello")
+            .iter()
+            .all(|(_, b)| b == "Hello from two!")
+    );
+    let history = run(&["rollout", "history", "deployment/hello"]);
+    assert!(
+        history.contains("1 ") && history.contains("2         greet two"),
+        "{history}"
+    );
+    let replica_sets = run(&[
+        "get",
+        "rs",
+        "-l",
+        "app=hello",
+        "-o",
+        "jsonpath={.items[*].spec.replicas}",
+    ]);
+    let mut sizes: Vec<&str> = replica_sets.split_whitespace().collect();
+    sizes.sort();
+    assert_eq!(
+        sizes,
+        ["0", "3"],
+        "the old replica set is scaled to zero and kept"
+    );
+
+    // Undo goes back to revision 1's template, which becomes revision 3.
+    run(&["rollout", "undo", "deployment/hello"]);
+    run(&["rollout", "status", "deployment/hello", "--timeout=90s"]);
+    assert!(
+        greetings(&kubeconfig, "hello")
+            .iter()
+            .all(|(_, b)| b == "Hello from one!")
+    );
+    let history = run(&["rollout", "history", "deployment/hello"]);
+    assert!(
+        history.contains("3 ") && !history.contains("\n1 "),
+        "{history}"
+    );
+    assert_eq!(
+        run(&["get", "rs", "-l", "app=hello", "-o", "name"])
+            .lines()
+            .count(),
+        2,
+        "the rollback reused the first replica set"
+    );
+
+    // Paused, a template change waits; scaling does not.
+    run(&["rollout", "pause", "deployment/hello"]);
+    run(&["set", "env", "deployment/hello", "GREETING_NAME=three"]);
+    run(&["scale", "deployment/hello", "--replicas=5"]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=5",
+        "deployment/hello",
+        "--timeout=90s",
+    ]);
+    let reason = run(&[
+        "get",
+        "deployment",
+        "hello",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+    ]);
+    assert_eq!(reason, "DeploymentPaused");
+    assert!(
+        greetings(&kubeconfig, "hello")
+            .iter()
+            .all(|(_, b)| b == "Hello from one!")
+    );
+    // Resumed, it rolls out, and scaling down in the middle of it lands on the new size.
+    run(&["rollout", "resume", "deployment/hello"]);
+    run(&["scale", "deployment/hello", "--replicas=2"]);
+    let status = run(&["rollout", "status", "deployment/hello", "--timeout=90s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    eventually(
+        std::time::Duration::from_secs(60),
+        "two pods of three",
+        || {
+            let answers = greetings(&kubeconfig, "hello");
+            (answers.len() == 2 && answers.iter().all(|(_, b)| b == "Hello from three!"))
+                .then_some(())
+        },
+    );
+    let deployment = object_json(&kubeconfig, "deployment", "hello");
+    assert_eq!(deployment["status"]["updatedReplicas"], 2, "{deployment}");
+    assert_eq!(deployment["status"]["availableReplicas"], 2, "{deployment}");
+    assert_eq!(
+        deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "4"
+    );
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=hello",
+    ]);
+    assert!(events.contains("ScalingReplicaSet"), "{events}");
+}
+
+/// One object as JSON.
+fn object_json(kubeconfig: &Path, kind: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(kubeconfig, &["get", kind, name, "-o", "json"])).unwrap()
 }
 
 /// A pod CIDR of its own for each cluster a test starts.
