@@ -33,6 +33,9 @@ const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread"];
 /// The built-in controllers, in `plugins/controllers`.
 const CONTROLLERS: &[&str] = &["replicaset-controller", "deployment-controller"];
 
+/// Controllers embedded only with the `testing` feature.
+const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller"];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -67,7 +70,8 @@ fn main() {
     let embedded_guests = GUESTS
         .iter()
         .chain(CONTROLLERS)
-        .chain(TESTING_GUESTS.iter().filter(|_| testing));
+        .chain(TESTING_GUESTS.iter().filter(|_| testing))
+        .chain(TESTING_CONTROLLERS.iter().filter(|_| testing));
     for guest in embedded_guests {
         let file = guest.replace('-', "_");
         let built = target_dir

@@ -27,8 +27,6 @@ use crate::queue::{Backoff, Queue};
 
 /// The Lease the managers elect their leader with.
 pub const LEASE: &str = "flotilla-controller-manager";
-/// How this component names itself on WasmPlugin status.
-const COMPONENT: &str = "controller-manager";
 /// Longest a reconcile waits for the cache to show the previous reconcile's writes.
 const EXPECTATION_WAIT: Duration = Duration::from_secs(5);
 /// Most workers one controller may ask for.
@@ -189,6 +187,7 @@ async fn run_controllers(
             let slot = slots.entry(name.clone()).or_insert_with(|| {
                 Slot::start(
                     name.clone(),
+                    format!("controller-manager/{}", options.identity),
                     client.clone(),
                     host.clone(),
                     informers.clone(),
@@ -255,6 +254,8 @@ struct Version {
 /// One controller: its queue, its current version and its workers.
 struct Slot {
     name: String,
+    /// How this manager names itself on WasmPlugin status.
+    component: String,
     client: kube::Client,
     host: PluginHost,
     informers: Informers,
@@ -275,6 +276,7 @@ struct Slot {
 impl Slot {
     fn start(
         name: String,
+        component: String,
         client: kube::Client,
         host: PluginHost,
         informers: Informers,
@@ -290,6 +292,7 @@ impl Slot {
         });
         Arc::new(Self {
             name,
+            component,
             client,
             host,
             informers,
@@ -756,7 +759,9 @@ impl Slot {
             }
             *reported = Some(status.clone());
         }
-        if let Err(error) = plugins::report(&self.client, &self.name, COMPONENT, &status).await {
+        if let Err(error) =
+            plugins::report(&self.client, &self.name, &self.component, &status).await
+        {
             tracing::debug!(plugin = self.name, "cannot report status: {error}");
         }
     }

@@ -2922,6 +2922,255 @@ fn object_json(kubeconfig: &Path, kind: &str, name: &str) -> serde_json::Value {
     serde_json::from_str(&kubectl_ok(kubeconfig, &["get", kind, name, "-o", "json"])).unwrap()
 }
 
+/// `flotilla plugin push FILE --name NAME --kind KIND [--config JSON]`.
+fn push_plugin(kubeconfig: &Path, wasm: &Path, name: &str, kind: &str, config: Option<&str>) {
+    let mut command = Command::new(FLOTILLA);
+    command
+        .args(["plugin", "push"])
+        .arg(wasm)
+        .args(["--name", name, "--kind", kind, "--kubeconfig"])
+        .arg(kubeconfig);
+    if let Some(config) = config {
+        command.args(["--config", config]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The same component with a custom section appended: valid, and of another digest.
+fn another_build_of(wasm: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let name = b"flotilla-rebuild";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(b"2");
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+const MANAGER: &str = "controller-manager/up";
+
+#[test]
+fn a_misbehaving_controller_is_contained_and_the_others_keep_working() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let wasm = dir.path().join("misbehaving.wasm");
+    std::fs::write(
+        &wasm,
+        flotilla_builtins::find("misbehaving-controller")
+            .unwrap()
+            .wasm,
+    )
+    .unwrap();
+    push_plugin(
+        &kubeconfig,
+        &wasm,
+        "misbehave",
+        "controller",
+        Some(r#"{"mode":"panic"}"#),
+    );
+    run(&["create", "configmap", "bad"]);
+    run(&["label", "configmap", "bad", "misbehave=yes"]);
+    let degraded = |what: &str| {
+        run(&[
+            "wait",
+            "--for=condition=Degraded",
+            "wasmplugin/misbehave",
+            "--timeout=60s",
+        ]);
+        let message = run(&[
+            "get",
+            "wasmplugin",
+            "misbehave",
+            "-o",
+            &format!("jsonpath={{.status.components['{MANAGER}'].message}}"),
+        ]);
+        assert!(message.contains(what), "{message}");
+    };
+    degraded("asked to panic on bad");
+
+    // The built-in controllers keep working next to it.
+    let rs = dir.path().join("rs.yaml");
+    std::fs::write(
+        &rs,
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n",
+    )
+    .unwrap();
+    run(&["apply", "-f", rs.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=2",
+        "rs/web",
+        "--timeout=60s",
+    ]);
+
+    // A controller that never returns is stopped at its deadline, again and again.
+    push_plugin(
+        &kubeconfig,
+        &wasm,
+        "misbehave",
+        "controller",
+        Some(r#"{"mode":"loop"}"#),
+    );
+    run(&["label", "configmap", "bad", "again=1"]);
+    degraded("deadline");
+    run(&["scale", "rs", "web", "--replicas=3"]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=3",
+        "rs/web",
+        "--timeout=60s",
+    ]);
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/replicaset-controller",
+        "--timeout=30s",
+    ]);
+}
+
+#[test]
+fn the_deployment_controller_is_hot_swapped_in_the_middle_of_a_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let hello = dir.path().join("hello_http.wasm");
+    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
+    let manifest = dir.path().join("hello.yaml");
+    // Each new pod is ready two seconds after it starts: the rollout takes a while.
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: hello}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: hello}}}}\n  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}\n  template:\n    metadata: {{labels: {{app: hello}}}}\n    spec:\n      containers:\n      - name: web\n        image: {}\n        ports: [{{containerPort: 8080}}]\n        env: [{{name: GREETING_NAME, value: one}}]\n        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, initialDelaySeconds: 2, periodSeconds: 1}}\n",
+            hello.display()
+        ),
+    )
+    .unwrap();
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    run(&["rollout", "status", "deployment/hello", "--timeout=120s"]);
+    run(&["set", "env", "deployment/hello", "GREETING_NAME=two"]);
+    // Mid-rollout: some pods updated, not all.
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the rollout's middle",
+        || {
+            let d = object_json(&kubeconfig, "deployment", "hello");
+            let updated = d["status"]["updatedReplicas"].as_i64().unwrap_or(0);
+            (d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                && (1..4).contains(&updated))
+            .then_some(())
+        },
+    );
+    let builtin = flotilla_builtins::find("deployment-controller")
+        .unwrap()
+        .wasm;
+    let swapped = dir.path().join("deployment_controller.wasm");
+    std::fs::write(&swapped, another_build_of(builtin)).unwrap();
+    let digest = flotilla_plugin::digest(&std::fs::read(&swapped).unwrap());
+    assert_ne!(digest, flotilla_plugin::digest(builtin));
+    push_plugin(
+        &kubeconfig,
+        &swapped,
+        "deployment-controller",
+        "controller",
+        None,
+    );
+    run(&[
+        "wait",
+        &format!("--for=jsonpath={{.status.components['{MANAGER}'].digest}}={digest}"),
+        "wasmplugin/deployment-controller",
+        "--timeout=30s",
+    ]);
+    // The new version finishes what the old one started.
+    let status = run(&["rollout", "status", "deployment/hello", "--timeout=120s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let answers = greetings(&kubeconfig, "hello");
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert!(
+        answers.iter().all(|(_, b)| b == "Hello from two!"),
+        "{answers:?}"
+    );
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/deployment-controller",
+        "--timeout=30s",
+    ]);
+}
+
+#[test]
+fn controllers_resume_after_a_restart_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "up",
+        "--disable-agent",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut up = start(&args);
+    let kubeconfig = up.kubeconfig.clone();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let rs = dir.path().join("rs.yaml");
+    std::fs::write(
+        &rs,
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n",
+    )
+    .unwrap();
+    run(&["apply", "-f", rs.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=3",
+        "rs/web",
+        "--timeout=60s",
+    ]);
+    assert!(terminate(&mut up).success());
+    let _up = start(&args);
+    // After the restart the controller picks up where it was: one more replica is one more
+    // pod, and nothing was created twice.
+    run(&["scale", "rs", "web", "--replicas=4"]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=4",
+        "rs/web",
+        "--timeout=60s",
+    ]);
+    let pods = run(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert_eq!(pods.lines().count(), 4, "{pods}");
+    let creates = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web,reason=SuccessfulCreate",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(creates.lines().count(), 4, "{creates}");
+}
+
 /// A pod CIDR of its own for each cluster a test starts.
 fn cluster_cidr() -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
