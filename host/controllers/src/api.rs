@@ -226,6 +226,22 @@ impl Writer {
             .ok_or_else(|| bad_object("the object has no name"))
     }
 
+    /// The API, kind and write parameters for a JSON object the plugin handed over.
+    async fn target(
+        &self,
+        object: &str,
+    ) -> Result<(DynamicObject, Api<DynamicObject>, KindKey, PostParams), Status> {
+        let (object, api_version, kind) = Self::parse(object)?;
+        let (api, key, _) = self
+            .api_for(&api_version, &kind, object.metadata.namespace.as_deref())
+            .await?;
+        let params = PostParams {
+            field_manager: Some(self.manager.clone()),
+            ..PostParams::default()
+        };
+        Ok((object, api, key, params))
+    }
+
     /// Takes what the reconcile wrote.
     pub fn take_written(&self) -> Vec<Expectation> {
         std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()))
@@ -235,28 +251,14 @@ impl Writer {
 #[async_trait::async_trait]
 impl ApiWriter for Writer {
     async fn create(&self, object: String) -> Result<String, Status> {
-        let (object, api_version, kind) = Self::parse(&object)?;
-        let (api, key, _) = self
-            .api_for(&api_version, &kind, object.metadata.namespace.as_deref())
-            .await?;
-        let params = PostParams {
-            field_manager: Some(self.manager.clone()),
-            ..PostParams::default()
-        };
+        let (object, api, key, params) = self.target(&object).await?;
         let created = api.create(&params, &object).await.map_err(api_status)?;
         self.remember(key, &created)
     }
 
     async fn update(&self, object: String) -> Result<String, Status> {
-        let (object, api_version, kind) = Self::parse(&object)?;
-        let (api, key, _) = self
-            .api_for(&api_version, &kind, object.metadata.namespace.as_deref())
-            .await?;
+        let (object, api, key, params) = self.target(&object).await?;
         let name = Self::name_of(&object)?;
-        let params = PostParams {
-            field_manager: Some(self.manager.clone()),
-            ..PostParams::default()
-        };
         let updated = api
             .replace(&name, &params, &object)
             .await
@@ -265,15 +267,8 @@ impl ApiWriter for Writer {
     }
 
     async fn update_status(&self, object: String) -> Result<String, Status> {
-        let (object, api_version, kind) = Self::parse(&object)?;
-        let (api, key, _) = self
-            .api_for(&api_version, &kind, object.metadata.namespace.as_deref())
-            .await?;
+        let (object, api, key, params) = self.target(&object).await?;
         let name = Self::name_of(&object)?;
-        let params = PostParams {
-            field_manager: Some(self.manager.clone()),
-            ..PostParams::default()
-        };
         let body = serde_json::to_vec(&object).map_err(|e| bad_object(e.to_string()))?;
         let updated = api
             .replace_status(&name, &params, body)

@@ -29,8 +29,10 @@ impl ClusterArgs {
     }
 }
 
+/// What a replica of a leader-elected component (the scheduler, the controller manager) is
+/// started with.
 #[derive(Debug, clap::Args)]
-pub struct SchedulerArgs {
+pub struct ReplicaArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
     /// This replica's name in the leader Lease and in plugin status (default: host name and
@@ -40,6 +42,17 @@ pub struct SchedulerArgs {
     /// Where compiled plugins are cached.
     #[arg(long, default_value = "flotilla-data/plugin-cache")]
     plugin_cache: PathBuf,
+}
+
+impl ReplicaArgs {
+    /// The kubeconfig, the plugin cache and the identity.
+    fn take(self) -> anyhow::Result<(String, PathBuf, String)> {
+        Ok((
+            self.cluster.read()?,
+            self.plugin_cache,
+            self.identity.unwrap_or_else(default_identity),
+        ))
+    }
 }
 
 fn default_identity() -> String {
@@ -72,22 +85,9 @@ pub async fn run_scheduler(kubeconfig: &str, cache: PathBuf, identity: &str) -> 
     std::future::pending().await
 }
 
-pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
-    let kubeconfig = args.cluster.read()?;
-    let identity = args.identity.unwrap_or_else(default_identity);
-    run_scheduler(&kubeconfig, args.plugin_cache, &identity).await
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ControllerManagerArgs {
-    #[command(flatten)]
-    cluster: ClusterArgs,
-    /// This replica's name in the leader Lease (default: host name and process id).
-    #[arg(long)]
-    identity: Option<String>,
-    /// Where compiled plugins are cached.
-    #[arg(long, default_value = "flotilla-data/plugin-cache")]
-    plugin_cache: PathBuf,
+pub async fn scheduler(args: ReplicaArgs) -> anyhow::Result<()> {
+    let (kubeconfig, cache, identity) = args.take()?;
+    run_scheduler(&kubeconfig, cache, &identity).await
 }
 
 /// Runs a controller manager until the process stops.
@@ -104,10 +104,9 @@ pub async fn run_controller_manager(
     Ok(())
 }
 
-pub async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
-    let kubeconfig = args.cluster.read()?;
-    let identity = args.identity.unwrap_or_else(default_identity);
-    run_controller_manager(&kubeconfig, args.plugin_cache, &identity).await
+pub async fn controller_manager(args: ReplicaArgs) -> anyhow::Result<()> {
+    let (kubeconfig, cache, identity) = args.take()?;
+    run_controller_manager(&kubeconfig, cache, &identity).await
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,16 +134,8 @@ pub struct AgentArgs {
     /// host) it lies in 127.0.0.0/8 and differs per node.
     #[arg(long, default_value = "127.1.0.0/16")]
     pod_cidr: String,
-    /// The node's address (its InternalIP).
-    #[arg(long, default_value = "127.0.0.1")]
-    node_ip: std::net::IpAddr,
-    /// Pod networking: `loopback` (every node on one host, no privileges) or `routed` (each
-    /// node's pod CIDR routed via its node IP, like flannel's host-gw; needs CAP_NET_ADMIN).
-    #[arg(long, default_value = "loopback")]
-    network: flotilla_node::NetworkMode,
-    /// How often running pods' configMap and secret volumes are refreshed.
-    #[arg(long, default_value = "1m")]
-    sync_frequency: humantime::Duration,
+    #[command(flatten)]
+    node: NodeArgs,
     /// The port of the agent's endpoint, which the API server reaches for logs (0: any free
     /// port).
     #[arg(long, default_value_t = 10250)]
@@ -174,6 +165,32 @@ pub struct AgentArgs {
     /// Spread simulated nodes over this many `topology.kubernetes.io/zone` values.
     #[arg(long, default_value_t = 0)]
     zones: usize,
+}
+
+/// How a node (an agent's, or the one `up` runs) reaches the network and refreshes volumes.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The node's address (its InternalIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_ip: std::net::IpAddr,
+    /// Pod networking: `loopback` (every node on one host, no privileges) or `routed` (each
+    /// node's pod CIDR routed via its node IP, like flannel's host-gw; needs CAP_NET_ADMIN).
+    #[arg(long, default_value = "loopback")]
+    pub network: flotilla_node::NetworkMode,
+    /// How often running pods' configMap and secret volumes are refreshed.
+    #[arg(long, default_value = "1m")]
+    pub sync_frequency: humantime::Duration,
+}
+
+impl NodeArgs {
+    /// Sets these on `options` and checks that the addresses fit the network mode.
+    pub fn apply(&self, options: &mut flotilla_node::AgentOptions) -> anyhow::Result<()> {
+        options.node_ip = self.node_ip;
+        options.network = self.network;
+        options.sync_frequency = self.sync_frequency.into();
+        flotilla_node::network::check(options.network, options.pod_cidr, options.node_ip)
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 /// The host's name, the default node name.
@@ -232,11 +249,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let node = args.node_name.clone().unwrap_or_else(host_name);
     let mut options = flotilla_node::AgentOptions::new(&node, std::path::absolute(&args.data_dir)?);
     options.pod_cidr = parse_cidr(&args.pod_cidr)?;
-    options.node_ip = args.node_ip;
-    options.network = args.network;
-    options.sync_frequency = args.sync_frequency.into();
-    flotilla_node::network::check(options.network, options.pod_cidr, options.node_ip)
-        .map_err(anyhow::Error::msg)?;
+    args.node.apply(&mut options)?;
     options.lease_interval = Duration::from_secs(args.lease_interval.max(1));
     options.labels = labels;
     options.cpu = args.cpu;

@@ -60,16 +60,8 @@ struct ServeArgs {
     /// The pod CIDR of the node `up` runs (loopback mode: within 127.0.0.0/8).
     #[arg(long, default_value = "127.1.0.0/16")]
     pod_cidr: String,
-    /// The address of the node `up` runs (its InternalIP).
-    #[arg(long, default_value = "127.0.0.1")]
-    node_ip: std::net::IpAddr,
-    /// Pod networking: `loopback` (every node on this host, no privileges) or `routed` (pod
-    /// CIDRs routed between hosts via their node IPs; needs CAP_NET_ADMIN).
-    #[arg(long, default_value = "loopback")]
-    network: flotilla_node::NetworkMode,
-    /// How often running pods' configMap and secret volumes are refreshed.
-    #[arg(long, default_value = "1m")]
-    sync_frequency: humantime::Duration,
+    #[command(flatten)]
+    node: components::NodeArgs,
     /// The port of the node agent's endpoint, which the API server reaches for logs (0: any
     /// free port).
     #[arg(long, default_value_t = 10250)]
@@ -87,18 +79,16 @@ impl ServeArgs {
     ) -> anyhow::Result<server::ServerConfig> {
         let agent = match agent && !self.disable_agent {
             true => {
-                let pod_cidr = components::parse_cidr(&self.pod_cidr)?;
-                flotilla_node::network::check(self.network, pod_cidr, self.node_ip)
-                    .map_err(anyhow::Error::msg)?;
-                Some(server::NodeConfig {
-                    name: self.node_name.clone().unwrap_or_else(components::host_name),
-                    pod_cidr,
-                    port: self.agent_port,
-                    max_pods: self.max_pods,
-                    node_ip: self.node_ip,
-                    network: self.network,
-                    sync_frequency: self.sync_frequency.into(),
-                })
+                let name = self.node_name.clone().unwrap_or_else(components::host_name);
+                let mut options = flotilla_node::AgentOptions::new(
+                    &name,
+                    std::path::absolute(self.data_dir.join("agent"))?,
+                );
+                options.pod_cidr = components::parse_cidr(&self.pod_cidr)?;
+                options.port = self.agent_port;
+                options.max_pods = self.max_pods;
+                self.node.apply(&mut options)?;
+                Some(options)
             }
             false => None,
         };
@@ -130,10 +120,10 @@ enum Command {
     },
     /// Run a scheduler against a cluster (a second replica, or a control plane started with
     /// --disable-scheduler). Replicas elect a leader; only it schedules.
-    Scheduler(components::SchedulerArgs),
+    Scheduler(components::ReplicaArgs),
     /// Run a controller manager against a cluster (a second replica, or a control plane
     /// started with --disable-controllers). Replicas elect a leader; only it reconciles.
-    ControllerManager(components::ControllerManagerArgs),
+    ControllerManager(components::ReplicaArgs),
     /// Run a node agent: this machine as a node, or simulated nodes (--simulate N).
     Agent(components::AgentArgs),
     /// Join tokens for nodes.

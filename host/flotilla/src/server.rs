@@ -32,8 +32,8 @@ pub struct ServerConfig {
     pub scheduler: bool,
     /// Run the controller manager in this process.
     pub controllers: bool,
-    /// Run a node agent in this process, as this node.
-    pub agent: Option<NodeConfig>,
+    /// Run a node agent in this process, as this node (`up`).
+    pub agent: Option<flotilla_node::AgentOptions>,
 }
 
 /// The names the serving certificate is made for: loopback, this host, the listen address and
@@ -97,19 +97,6 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<SharedStore> {
     })
 }
 
-/// The node `up` runs in process.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    pub name: String,
-    pub pod_cidr: (std::net::Ipv4Addr, u8),
-    /// The port of the agent's endpoint (0: any free one).
-    pub port: u16,
-    pub max_pods: u32,
-    pub node_ip: std::net::IpAddr,
-    pub network: flotilla_node::NetworkMode,
-    pub sync_frequency: Duration,
-}
-
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if config.plain_http && !config.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -125,35 +112,24 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Authenticator::load_or_create(&config.data_dir.join("tokens"))
             .context("cannot read the API tokens")?;
     // In-process components are API clients with their own identity, made fresh each start.
-    let scheduler_token = flotilla_apiserver::authn::new_token()?;
-    authenticator.insert(
-        &scheduler_token,
-        flotilla_apiserver::authn::UserInfo {
-            name: "system:kube-scheduler".into(),
-            uid: "system:kube-scheduler".into(),
-            groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
-        },
-    );
-    let controllers_token = flotilla_apiserver::authn::new_token()?;
-    authenticator.insert(
-        &controllers_token,
-        flotilla_apiserver::authn::UserInfo {
-            name: "system:kube-controller-manager".into(),
-            uid: "system:kube-controller-manager".into(),
-            groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
-        },
-    );
-    let agent_token = flotilla_apiserver::authn::new_token()?;
-    if let Some(node) = &config.agent {
+    let component_token = |user: &str| -> anyhow::Result<String> {
+        let token = flotilla_apiserver::authn::new_token()?;
         authenticator.insert(
-            &agent_token,
+            &token,
             flotilla_apiserver::authn::UserInfo {
-                name: format!("system:node:{}", node.name),
-                uid: format!("system:node:{}", node.name),
+                name: user.into(),
+                uid: user.into(),
                 groups: vec![flotilla_apiserver::authn::ADMIN_GROUP.into()],
             },
         );
-    }
+        Ok(token)
+    };
+    let scheduler_token = component_token("system:kube-scheduler")?;
+    let controllers_token = component_token("system:kube-controller-manager")?;
+    let agent_token = match &config.agent {
+        Some(node) => component_token(&format!("system:node:{}", node.node_name))?,
+        None => String::new(),
+    };
     let pki = Pki::load_or_create(&config.data_dir.join("tls"), &certificate_names(&config))
         .context("cannot make the cluster's certificates")?;
     let tls = (!config.plain_http)
@@ -229,18 +205,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(node) = config.agent.clone() {
+    if let Some(mut options) = config.agent.clone() {
         let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &agent_token);
-        let mut options = flotilla_node::AgentOptions::new(
-            &node.name,
-            std::path::absolute(config.data_dir.join("agent"))?,
-        );
-        options.pod_cidr = node.pod_cidr;
-        options.port = node.port;
-        options.max_pods = node.max_pods;
-        options.node_ip = node.node_ip;
-        options.network = node.network;
-        options.sync_frequency = node.sync_frequency;
         options.api_ca_pem = Some(pki.ca_pem().to_owned());
         tokio::spawn(async move {
             if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {

@@ -1466,8 +1466,7 @@ spec:
     );
 
     // Push the zone-spread example over it: a hot swap, nothing restarts.
-    let wasm = dir.path().join("zone_spread.wasm");
-    std::fs::write(&wasm, flotilla_builtins::find("zone-spread").unwrap().wasm).unwrap();
+    let wasm = builtin_module(dir.path(), "zone-spread");
     let output = Command::new(FLOTILLA)
         .args(["plugin", "push"])
         .arg(&wasm)
@@ -1830,15 +1829,14 @@ spec:
     );
 
     // `logs -f` streams a running container's output and ends when the run ends.
-    let counter = dir.path().join("counter.yaml");
-    std::fs::write(
-        &counter,
-        format!(
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "counter.yaml",
+        &format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: counter}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: count, image: {workload}, args: [count, \"20\", \"100\"]}}\n"
         ),
-    )
-    .unwrap();
-    run(&["apply", "-f", counter.to_str().unwrap()]);
+    );
     run(&[
         "wait",
         "--for=condition=Ready",
@@ -2084,21 +2082,18 @@ fn agents_join_with_a_token_and_re_adopt_their_pods_after_a_kill() {
         "--timeout=60s",
     ]);
 
-    let workload = dir.path().join("workload.wasm");
-    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
-    let hello = dir.path().join("hello_http.wasm");
-    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
-    let manifest = dir.path().join("pods.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    let workload = builtin_module(dir.path(), "workload");
+    let hello = builtin_module(dir.path(), "hello-http");
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "pods.yaml",
+        &format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - {{name: web, image: {}, ports: [{{containerPort: 8080}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: counter}}\nspec:\n  containers:\n  - {{name: count, image: {}, args: [count, \"100000\", \"100\"]}}\n",
             hello.display(),
             workload.display()
         ),
-    )
-    .unwrap();
-    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    );
     run(&[
         "wait",
         "--for=condition=Ready",
@@ -2164,8 +2159,7 @@ fn pod_sandboxes_own_their_ip_share_the_cpu_and_see_their_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let (_up, kubeconfig, _cidr) = cluster_with_node_and(dir.path(), &["--sync-frequency", "1s"]);
     let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
-    let workload = dir.path().join("workload.wasm");
-    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let workload = builtin_module(dir.path(), "workload");
     let workload = workload.display();
     let host = dir.path().join("host");
     std::fs::create_dir_all(host.join("ro")).unwrap();
@@ -2538,8 +2532,7 @@ fn routed_nodes_on_two_hosts_reach_each_others_pods() {
         .then_some(())
     });
 
-    let workload = dir.path().join("workload.wasm");
-    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
+    let workload = builtin_module(dir.path(), "workload");
     let pod = |name: &str, node: &str, args: &str, restart: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  restartPolicy: {restart}\n  containers:\n  - {{name: main, image: {}, args: [{args}]}}\n---\n",
@@ -2618,18 +2611,16 @@ fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
     let dir = tempfile::tempdir().unwrap();
     let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
     let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
-    let workload = dir.path().join("workload.wasm");
-    std::fs::write(&workload, flotilla_builtins::find("workload").unwrap().wasm).unwrap();
-    let manifest = dir.path().join("rs.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    let workload = builtin_module(dir.path(), "workload");
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "rs.yaml",
+        &format!(
             "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: web}}\nspec:\n  replicas: 3\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web, tier: front}}}}\n    spec:\n      containers:\n      - {{name: main, image: {}, args: [forever]}}\n",
             workload.display()
         ),
-    )
-    .unwrap();
-    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    );
     let wait_ready = |n: usize| {
         run(&[
             "wait",
@@ -2762,8 +2753,7 @@ fn deployments_roll_out_roll_back_pause_and_scale_with_kubectl() {
     let dir = tempfile::tempdir().unwrap();
     let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
     let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
-    let hello = dir.path().join("hello_http.wasm");
-    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
+    let hello = builtin_module(dir.path(), "hello-http");
     let manifest = dir.path().join("hello.yaml");
     std::fs::write(
         &manifest,
@@ -2922,6 +2912,20 @@ fn object_json(kubeconfig: &Path, kind: &str, name: &str) -> serde_json::Value {
     serde_json::from_str(&kubectl_ok(kubeconfig, &["get", kind, name, "-o", "json"])).unwrap()
 }
 
+/// Writes `yaml` to `dir/file` and `kubectl apply`s it.
+fn apply_manifest(kubeconfig: &Path, dir: &Path, file: &str, yaml: &str) {
+    let path = dir.join(file);
+    std::fs::write(&path, yaml).unwrap();
+    kubectl_ok(kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
+}
+
+/// A built-in component written to `dir` as `<name>.wasm`.
+fn builtin_module(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, flotilla_builtins::find(name).unwrap().wasm).unwrap();
+    path
+}
+
 /// `flotilla plugin push FILE --name NAME --kind KIND [--config JSON]`.
 fn push_plugin(kubeconfig: &Path, wasm: &Path, name: &str, kind: &str, config: Option<&str>) {
     let mut command = Command::new(FLOTILLA);
@@ -3008,13 +3012,12 @@ fn a_misbehaving_controller_is_contained_and_the_others_keep_working() {
     degraded("asked to panic on bad");
 
     // The built-in controllers keep working next to it.
-    let rs = dir.path().join("rs.yaml");
-    std::fs::write(
-        &rs,
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "rs.yaml",
         "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n",
-    )
-    .unwrap();
-    run(&["apply", "-f", rs.to_str().unwrap()]);
+    );
     run(&[
         "wait",
         "--for=jsonpath={.status.replicas}=2",
@@ -3052,8 +3055,7 @@ fn the_deployment_controller_is_hot_swapped_in_the_middle_of_a_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
     let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
-    let hello = dir.path().join("hello_http.wasm");
-    std::fs::write(&hello, flotilla_builtins::find("hello-http").unwrap().wasm).unwrap();
+    let hello = builtin_module(dir.path(), "hello-http");
     let manifest = dir.path().join("hello.yaml");
     // Each new pod is ready two seconds after it starts: the rollout takes a while.
     std::fs::write(
@@ -3134,13 +3136,12 @@ fn controllers_resume_after_a_restart_without_duplicates() {
     let mut up = start(&args);
     let kubeconfig = up.kubeconfig.clone();
     let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
-    let rs = dir.path().join("rs.yaml");
-    std::fs::write(
-        &rs,
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "rs.yaml",
         "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n",
-    )
-    .unwrap();
-    run(&["apply", "-f", rs.to_str().unwrap()]);
+    );
     run(&[
         "wait",
         "--for=jsonpath={.status.replicas}=3",

@@ -167,6 +167,35 @@ pub fn owner_reference(owner: &Value) -> Value {
     })
 }
 
+/// The JSON patch that adopts `object` for `owner`: it adds a controller reference, and fails
+/// (422) if the object was replaced meanwhile.
+pub fn adopt_patch(owner: &Value, object: &Value) -> String {
+    let reference = owner_reference(owner);
+    let mut patch =
+        vec![json!({"op": "test", "path": "/metadata/uid", "value": object["metadata"]["uid"]})];
+    match object["metadata"]["ownerReferences"].as_array() {
+        Some(_) => patch
+            .push(json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": reference})),
+        None => patch
+            .push(json!({"op": "add", "path": "/metadata/ownerReferences", "value": [reference]})),
+    }
+    Value::Array(patch).to_string()
+}
+
+/// The JSON patch that releases `object` from the owner of uid `owner_uid`, if it names it: it
+/// removes that reference, and fails (422) if the references changed meanwhile.
+pub fn release_patch(object: &Value, owner_uid: &Value) -> Option<String> {
+    let refs = object["metadata"]["ownerReferences"].as_array()?;
+    let index = refs.iter().position(|r| r["uid"] == *owner_uid)?;
+    Some(
+        json!([
+            {"op": "test", "path": format!("/metadata/ownerReferences/{index}/uid"), "value": owner_uid},
+            {"op": "remove", "path": format!("/metadata/ownerReferences/{index}")},
+        ])
+        .to_string(),
+    )
+}
+
 /// The reference naming an object.
 pub fn object_ref(object: &Value) -> ObjectRef {
     ObjectRef {
@@ -338,6 +367,30 @@ mod tests {
         assert!(int_or_percent(&json!("lots"), 10, true, "25%").is_err());
         assert_eq!(safe_encode(1234567890).len(), 10);
         assert_ne!(fnv32a(b"a"), fnv32a(b"b"));
+    }
+
+    #[test]
+    fn adoption_and_release_test_what_they_change() {
+        let owner = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web", "uid": "u-1"}});
+        let orphan = json!({"metadata": {"uid": "p-1"}});
+        let patch: Value = serde_json::from_str(&adopt_patch(&owner, &orphan)).unwrap();
+        assert_eq!(
+            patch[0],
+            json!({"op": "test", "path": "/metadata/uid", "value": "p-1"})
+        );
+        assert_eq!(patch[1]["path"], "/metadata/ownerReferences");
+        assert_eq!(patch[1]["value"][0]["controller"], true);
+        let owned = json!({"metadata": {"uid": "p-1", "ownerReferences": [
+            {"uid": "other"}, {"uid": "u-1", "controller": true}]}});
+        let patch: Value =
+            serde_json::from_str(&release_patch(&owned, &json!("u-1")).unwrap()).unwrap();
+        assert_eq!(patch[0]["path"], "/metadata/ownerReferences/1/uid");
+        assert_eq!(
+            patch[1],
+            json!({"op": "remove", "path": "/metadata/ownerReferences/1"})
+        );
+        assert!(release_patch(&orphan, &json!("u-1")).is_none());
     }
 
     #[test]

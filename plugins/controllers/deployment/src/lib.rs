@@ -186,35 +186,15 @@ impl Rollout {
                 Some(owner) if owner["uid"] == *uid => {
                     if matches {
                         owned.push(rs);
-                    } else {
-                        let refs = rs["metadata"]["ownerReferences"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default();
-                        if let Some(index) = refs.iter().position(|r| r["uid"] == *uid) {
-                            let patch = json!([
-                                {"op": "test", "path": format!("/metadata/ownerReferences/{index}/uid"), "value": uid},
-                                {"op": "remove", "path": format!("/metadata/ownerReferences/{index}")},
-                            ]);
-                            let _ = api::patch(&rs_ref(&rs), PatchType::Json, &patch.to_string());
-                        }
+                    } else if let Some(patch) = release_patch(&rs, uid) {
+                        // A failure leaves it for the next reconcile to see as it is.
+                        let _ = api::patch(&rs_ref(&rs), PatchType::Json, &patch);
                     }
                 }
                 None if matches && rs["metadata"].get("deletionTimestamp").is_none() => {
-                    let mut patch = vec![
-                        json!({"op": "test", "path": "/metadata/uid", "value": rs["metadata"]["uid"]}),
-                    ];
-                    let reference = owner_reference(&self.d);
-                    match rs["metadata"]["ownerReferences"].as_array() {
-                        Some(_) => patch.push(json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": reference})),
-                        None => patch.push(json!({"op": "add", "path": "/metadata/ownerReferences", "value": [reference]})),
-                    }
-                    let adopted = api::patch(
-                        &rs_ref(&rs),
-                        PatchType::Json,
-                        &Value::Array(patch).to_string(),
-                    )
-                    .map_err(|s| failed("adopting a replica set", s))?;
+                    let adopted =
+                        api::patch(&rs_ref(&rs), PatchType::Json, &adopt_patch(&self.d, &rs))
+                            .map_err(|s| failed("adopting a replica set", s))?;
                     owned.push(parse(&adopted)?);
                 }
                 _ => {}

@@ -92,23 +92,11 @@ impl ReplicaSetController {
     }
 
     fn release(&self, pod: &Value, uid: &Value) -> Result<(), String> {
-        let refs = pod["metadata"]["ownerReferences"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let Some(index) = refs.iter().position(|r| r["uid"] == *uid) else {
+        let Some(patch) = release_patch(pod, uid) else {
             return Ok(());
         };
-        let patch = json!([
-            {"op": "test", "path": format!("/metadata/ownerReferences/{index}/uid"), "value": uid},
-            {"op": "remove", "path": format!("/metadata/ownerReferences/{index}")},
-        ]);
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        match api::patch(
-            &pod_ref(namespace, name_of(pod)),
-            PatchType::Json,
-            &patch.to_string(),
-        ) {
+        match api::patch(&pod_ref(namespace, name_of(pod)), PatchType::Json, &patch) {
             Ok(_) => Ok(()),
             // Gone or changed meanwhile: the next reconcile sees it as it is.
             Err(s) if s.code == 404 || s.code == 422 || s.code == 409 => Ok(()),
@@ -117,22 +105,11 @@ impl ReplicaSetController {
     }
 
     fn adopt(&self, rs: &Value, pod: &Value) -> Result<Value, String> {
-        let reference = owner_reference(rs);
-        let mut patch =
-            vec![json!({"op": "test", "path": "/metadata/uid", "value": pod["metadata"]["uid"]})];
-        match pod["metadata"]["ownerReferences"].as_array() {
-            Some(_) => patch.push(
-                json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": reference}),
-            ),
-            None => patch.push(
-                json!({"op": "add", "path": "/metadata/ownerReferences", "value": [reference]}),
-            ),
-        }
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let adopted = api::patch(
             &pod_ref(namespace, name_of(pod)),
             PatchType::Json,
-            &Value::Array(patch).to_string(),
+            &adopt_patch(rs, pod),
         )
         .map_err(|s| failed("adopting a pod", s))?;
         parse(&adopted)
