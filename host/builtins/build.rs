@@ -31,7 +31,11 @@ const GUESTS: &[&str] = &[
 const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread"];
 
 /// The built-in controllers, in `plugins/controllers`.
-const CONTROLLERS: &[&str] = &["replicaset-controller", "deployment-controller"];
+const CONTROLLERS: &[&str] = &[
+    "replicaset-controller",
+    "deployment-controller",
+    "garbage-collector",
+];
 
 /// Controllers embedded only with the `testing` feature.
 const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller"];

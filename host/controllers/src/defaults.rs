@@ -8,7 +8,11 @@ use kube::api::{DynamicObject, PostParams};
 use serde_json::json;
 
 /// The built-in controllers, by plugin name (the guest crate's name).
-pub const BUILTIN_CONTROLLERS: &[&str] = &["replicaset-controller", "deployment-controller"];
+pub const BUILTIN_CONTROLLERS: &[&str] = &[
+    "replicaset-controller",
+    "deployment-controller",
+    "garbage-collector",
+];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {

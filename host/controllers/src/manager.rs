@@ -457,12 +457,29 @@ impl Slot {
             if let Some(informer) = self.informers.running(&kind) {
                 let slot = self.clone();
                 let version = version.clone();
+                let custom = matches!(watch.mapping, KeyMapping::Custom);
+                // Subscribed before listing, so nothing between the two is missed.
+                let changes = informer.subscribe();
                 tokio::spawn(
                     version
                         .mapping
                         .clone()
                         .run_until_cancelled_owned(async move {
-                            slot.map_events(version, informer, Some(index)).await;
+                            // Keys a custom mapping finds in what exists already (primary keys are
+                            // all queued anyway).
+                            if custom {
+                                for object in informer.list(None) {
+                                    let change = Change {
+                                        old: None,
+                                        new: Some(object),
+                                    };
+                                    for key in slot.keys_for(&version, Some(index), &change).await {
+                                        slot.queue.add(key);
+                                    }
+                                }
+                            }
+                            slot.map_events(version, informer, changes, Some(index))
+                                .await;
                         }),
                 );
             }
@@ -471,6 +488,7 @@ impl Slot {
             let slot = self.clone();
             let resync = version.registration.resync_seconds;
             let v = version.clone();
+            let changes = informer.subscribe();
             tokio::spawn(
                 version
                     .mapping
@@ -492,7 +510,10 @@ impl Slot {
                                 _ => std::future::pending().await,
                             }
                         };
-                        tokio::join!(slot.clone().map_events(v, informer.clone(), None), resync);
+                        tokio::join!(
+                            slot.clone().map_events(v, informer.clone(), changes, None),
+                            resync
+                        );
                     }),
             );
         }
@@ -519,9 +540,9 @@ impl Slot {
         self: Arc<Self>,
         version: Arc<Version>,
         informer: Arc<Informer>,
+        mut changes: tokio::sync::broadcast::Receiver<Change>,
         watch: Option<usize>,
     ) {
-        let mut changes = informer.subscribe();
         loop {
             match changes.recv().await {
                 Ok(change) => {

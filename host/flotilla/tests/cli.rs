@@ -3172,6 +3172,92 @@ fn controllers_resume_after_a_restart_without_duplicates() {
     assert_eq!(creates.lines().count(), 4, "{creates}");
 }
 
+#[test]
+fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_orphans() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n";
+    let count = |kind: &str| {
+        run(&["get", kind, "-l", "app=web", "-o", "name"])
+            .lines()
+            .count()
+    };
+    let deploy = || {
+        apply_manifest(&kubeconfig, dir.path(), "web.yaml", yaml);
+        run(&[
+            "wait",
+            "--for=jsonpath={.status.replicas}=2",
+            "deployment/web",
+            "--timeout=60s",
+        ]);
+        assert_eq!(count("rs"), 1);
+        assert_eq!(count("pods"), 2);
+    };
+
+    // Background (kubectl's default): the owner goes at once, its dependents after it.
+    deploy();
+    run(&["delete", "deployment", "web"]);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the dependents' collection",
+        || (count("rs") == 0 && count("pods") == 0).then_some(()),
+    );
+
+    // Foreground: the owner stays until its dependents are gone; kubectl waits for it.
+    deploy();
+    run(&[
+        "delete",
+        "deployment",
+        "web",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert_eq!(count("rs"), 0, "dependents go before the owner");
+    assert_eq!(count("pods"), 0);
+
+    // Orphan: the dependents stay, released.
+    deploy();
+    run(&[
+        "delete",
+        "deployment",
+        "web",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    assert_eq!(count("rs"), 1);
+    assert_eq!(count("pods"), 2);
+    let owners = run(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences}",
+    ]);
+    assert!(
+        owners.trim().is_empty() || owners.trim() == "[]",
+        "{owners}"
+    );
+    // The released replica set still keeps its pods.
+    run(&["delete", "pod", "-l", "app=web", "--wait=false"]);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the replacement pods",
+        || {
+            let pods: serde_json::Value =
+                serde_json::from_str(&run(&["get", "pods", "-l", "app=web", "-o", "json"]))
+                    .unwrap();
+            let fresh = pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .count();
+            (fresh == 2).then_some(())
+        },
+    );
+}
+
 /// A pod CIDR of its own for each cluster a test starts.
 fn cluster_cidr() -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
