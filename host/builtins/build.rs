@@ -35,6 +35,7 @@ const CONTROLLERS: &[&str] = &[
     "replicaset-controller",
     "deployment-controller",
     "garbage-collector",
+    "endpoints-controller",
 ];
 
 /// Controllers embedded only with the `testing` feature.

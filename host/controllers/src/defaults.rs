@@ -12,6 +12,7 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "replicaset-controller",
     "deployment-controller",
     "garbage-collector",
+    "endpoints-controller",
 ];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.

@@ -3258,6 +3258,107 @@ fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_orphans() 
     );
 }
 
+#[test]
+fn services_get_endpoints_and_slices_from_their_selector() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let hello = builtin_module(dir.path(), "hello-http");
+    let pod = |name: &str, probe: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: hello}}}}\nspec:\n  containers:\n  - name: web\n    image: {}\n    ports: [{{containerPort: 8080, name: web}}]\n    readinessProbe: {{{probe}, periodSeconds: 1}}\n---\n",
+            hello.display()
+        )
+    };
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+    // Two pods that become ready, one whose readiness probe always fails (nothing listens on
+    // the port it checks).
+    let serving = "httpGet: {path: /healthz, port: 8080}";
+    let yaml = pod("a", serving)
+        + &pod("b", serving)
+        + &pod("stuck", "tcpSocket: {port: 9999}")
+        + "apiVersion: v1\nkind: Service\nmetadata: {name: hello, labels: {tier: web}}\nspec:\n  selector: {app: hello}\n  ports: [{name: http, port: 80, targetPort: web}]\n";
+    apply_manifest(&kubeconfig, dir.path(), "hello.yaml", &yaml);
+    for name in ["a", "b"] {
+        run(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ]);
+    }
+    let ip = |name: &str| {
+        object_json(&kubeconfig, "pod", name)["status"]["podIP"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut ready = vec![ip("a"), ip("b")];
+    ready.sort();
+    let endpoints = eventually(std::time::Duration::from_secs(60), "the endpoints", || {
+        let e = object_json(&kubeconfig, "endpoints", "hello");
+        let subset = &e["subsets"][0];
+        let mut ips: Vec<String> = subset["addresses"]
+            .as_array()?
+            .iter()
+            .map(|a| a["ip"].as_str().unwrap().to_owned())
+            .collect();
+        ips.sort();
+        let not_ready = subset["notReadyAddresses"].as_array().map_or(0, Vec::len);
+        (ips == ready && not_ready == 1).then_some(e)
+    });
+    let subset = &endpoints["subsets"][0];
+    assert_eq!(
+        subset["notReadyAddresses"][0]["targetRef"]["name"], "stuck",
+        "{endpoints}"
+    );
+    // The named target port is the pods' port called `web`.
+    assert_eq!(
+        subset["ports"][0],
+        serde_json::json!({"name": "http", "port": 8080, "protocol": "TCP"})
+    );
+    assert_eq!(endpoints["metadata"]["labels"]["tier"], "web");
+    let slices: serde_json::Value = serde_json::from_str(&run(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=hello",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let slice = &slices["items"][0];
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    let ready_in_slice = slice["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["conditions"]["ready"] == true)
+        .count();
+    assert_eq!(ready_in_slice, 2, "{slice}");
+
+    // A deleted pod leaves the Endpoints; a deleted Service takes its Endpoints and slices.
+    run(&["delete", "pod", "a"]);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the pod's removal",
+        || {
+            let e = object_json(&kubeconfig, "endpoints", "hello");
+            (e["subsets"][0]["addresses"].as_array()?.len() == 1).then_some(())
+        },
+    );
+    run(&["delete", "service", "hello"]);
+    eventually(std::time::Duration::from_secs(60), "the clean-up", || {
+        let left = run(&["get", "endpoints,endpointslices", "-o", "name"]);
+        (!left.contains("hello")).then_some(())
+    });
+}
+
 /// A pod CIDR of its own for each cluster a test starts.
 fn cluster_cidr() -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
