@@ -36,6 +36,7 @@ const CONTROLLERS: &[&str] = &[
     "deployment-controller",
     "garbage-collector",
     "endpoints-controller",
+    "node-lifecycle-controller",
 ];
 
 /// Controllers embedded only with the `testing` feature.

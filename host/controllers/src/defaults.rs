@@ -13,6 +13,7 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "deployment-controller",
     "garbage-collector",
     "endpoints-controller",
+    "node-lifecycle-controller",
 ];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.

@@ -3359,6 +3359,133 @@ fn services_get_endpoints_and_slices_from_their_selector() {
     });
 }
 
+#[test]
+fn an_unreachable_node_is_tainted_and_its_pods_are_replaced_elsewhere() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    // Short periods, through the built-in controller's configuration.
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/node-lifecycle-controller",
+        "--timeout=60s",
+    ]);
+    run(&[
+        "patch",
+        "wasmplugin",
+        "node-lifecycle-controller",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"config":{"nodeMonitorGracePeriodSeconds":3,"defaultTolerationSeconds":2}}}"#,
+    ]);
+    let _staying = simulated_nodes(
+        &kubeconfig,
+        &[
+            "--simulate",
+            "1",
+            "--node-prefix",
+            "stay-",
+            "--lease-interval",
+            "1",
+        ],
+    );
+    let mut leaving = simulated_nodes(
+        &kubeconfig,
+        &[
+            "--simulate",
+            "1",
+            "--node-prefix",
+            "gone-",
+            "--lease-interval",
+            "1",
+        ],
+    );
+    // A pod that tolerates the unreachable taint for ever stays bound to the node.
+    let yaml = "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: patient}\nspec:\n  nodeName: gone-0\n  tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}]\n  containers: [{name: main, image: /nowhere.wasm}]\n";
+    apply_manifest(&kubeconfig, dir.path(), "web.yaml", yaml);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=4",
+        "rs/web",
+        "--timeout=60s",
+    ]);
+    let nodes_of_pods = || -> Vec<String> {
+        let pods: serde_json::Value =
+            serde_json::from_str(&run(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert!(
+        nodes_of_pods().iter().any(|n| n == "gone-0"),
+        "{:?}",
+        nodes_of_pods()
+    );
+
+    terminate_hard(&mut leaving);
+    run(&[
+        "wait",
+        "--for=condition=Ready=Unknown",
+        "node/gone-0",
+        "--timeout=60s",
+    ]);
+    let node = object_json(&kubeconfig, "node", "gone-0");
+    let taints: Vec<String> = node["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}:{}",
+                t["key"].as_str().unwrap(),
+                t["effect"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        taints.contains(&"node.kubernetes.io/unreachable:NoExecute".to_owned()),
+        "{taints:?}"
+    );
+    assert!(
+        taints.contains(&"node.kubernetes.io/unreachable:NoSchedule".to_owned()),
+        "{taints:?}"
+    );
+    // Its pods are evicted and the replica set makes them again on the node that stayed.
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the replacements",
+        || {
+            let nodes = nodes_of_pods();
+            (nodes.len() == 4 && nodes.iter().all(|n| n == "stay-0")).then_some(())
+        },
+    );
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=4",
+        "rs/web",
+        "--timeout=60s",
+    ]);
+    assert!(object_json(&kubeconfig, "pod", "patient")["metadata"]["deletionTimestamp"].is_null());
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty());
+}
+
 /// A pod CIDR of its own for each cluster a test starts.
 fn cluster_cidr() -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
