@@ -3363,7 +3363,20 @@ fn services_get_endpoints_and_slices_from_their_selector() {
 fn an_unreachable_node_is_tainted_and_its_pods_are_replaced_elsewhere() {
     let (dir, _up, kubeconfig) = cluster_for_kubectl();
     let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
-    // Short periods, through the built-in controller's configuration.
+    // Short periods, through the built-in controller's configuration (its WasmPlugin is
+    // made by the controller manager once it starts).
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the built-in WasmPlugin",
+        || {
+            kubectl(
+                &kubeconfig,
+                &["get", "wasmplugin", "node-lifecycle-controller"],
+            )
+            .0
+            .then_some(())
+        },
+    );
     run(&[
         "wait",
         "--for=condition=Ready",
