@@ -581,6 +581,46 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
             }),
             AGE,
         ],
+        ("discovery.k8s.io", "endpointslices") => vec![
+            NAME,
+            column("AddressType", 0, "The type of the addresses.", |o, _| {
+                o["addressType"].clone()
+            }),
+            column("Ports", 0, "The ports of the endpoints.", |o, _| {
+                let ports: Vec<String> = o["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p["port"].to_string())
+                    .collect();
+                json!(if ports.is_empty() {
+                    "<unset>".to_owned()
+                } else {
+                    ports.join(",")
+                })
+            }),
+            column("Endpoints", 0, "The addresses of the endpoints.", |o, _| {
+                let addresses: Vec<&str> = o["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+                    .filter_map(Value::as_str)
+                    .collect();
+                // As kubectl prints them: three, then how many more.
+                let mut shown = addresses
+                    .iter()
+                    .take(3)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if addresses.len() > 3 {
+                    shown.push_str(&format!(" + {} more...", addresses.len() - 3));
+                }
+                or_none(Some(shown))
+            }),
+            AGE,
+        ],
         ("", "events") => vec![
             column("Last Seen", 0, "When the event last happened.", |o, now| {
                 let last = o["lastTimestamp"]
@@ -924,6 +964,29 @@ mod tests {
         assert!(!wants_table(
             "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
         ));
+    }
+
+    #[test]
+    fn endpoint_slices_show_their_ports_and_a_few_addresses() {
+        let slices = crate::resources::builtin()
+            .into_iter()
+            .find(|r| r.plural == "endpointslices")
+            .unwrap();
+        let endpoints: Vec<Value> = (1..=5)
+            .map(|i| json!({"addresses": [format!("10.0.0.{i}")]}))
+            .collect();
+        let slice = json!({
+            "metadata": {"name": "web-abc", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080}, {"port": 9090}],
+            "endpoints": endpoints,
+        });
+        let t = table(&slices, &[slice], json!({}), IncludeObject::None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "web-abc");
+        assert_eq!(cells[1], "IPv4");
+        assert_eq!(cells[2], "8080,9090");
+        assert_eq!(cells[3], "10.0.0.1,10.0.0.2,10.0.0.3 + 2 more...");
     }
 
     #[test]
