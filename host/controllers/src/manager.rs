@@ -5,11 +5,12 @@
 //! flight finish on the old one. A controller whose calls trap, loop past their deadline or
 //! fail is retried with back-off and reported Degraded; the others are not affected.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flotilla_api::selector::LabelSelector;
 use flotilla_client::plugins::{self, ComponentStatus, WasmPluginSpec};
 use flotilla_plugin::bindings::reconciler::{KeyMapping, Registration};
 use flotilla_plugin::bindings::types::ObjectRef;
@@ -245,6 +246,8 @@ struct Version {
     kinds: HashSet<KindKey>,
     primary: KindKey,
     info_version: String,
+    /// Each watch's label selector, parsed once.
+    selectors: Vec<LabelSelector>,
     /// Maps events for `custom` watches.
     mapper: tokio::sync::Mutex<Option<Controller>>,
     /// Ends this version's event mapping when the next version takes over.
@@ -368,14 +371,16 @@ impl Slot {
             let informer = self.informers.informer(kind).await?;
             informer.synced().await;
         }
-        for watch in &registration.watches {
-            if !watch.label_selector.is_empty() {
+        let selectors = registration
+            .watches
+            .iter()
+            .map(|watch| {
                 watch
                     .label_selector
-                    .parse::<flotilla_api::selector::LabelSelector>()
-                    .map_err(|e| format!("watch of {}: label selector: {e}", watch.kind))?;
-            }
-        }
+                    .parse::<LabelSelector>()
+                    .map_err(|e| format!("watch of {}: label selector: {e}", watch.kind))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let custom = registration
             .watches
             .iter()
@@ -395,6 +400,7 @@ impl Slot {
             spec,
             limits,
             registration,
+            selectors,
             kinds,
             primary,
             info_version: info.version,
@@ -444,10 +450,7 @@ impl Slot {
                 "controller running"
             );
         }
-        self.health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone_from(&Health::default());
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::default();
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -580,8 +583,7 @@ impl Slot {
                 .unwrap_or_default();
         };
         let watch = &version.registration.watches[index];
-        let selector: flotilla_api::selector::LabelSelector =
-            watch.label_selector.parse().unwrap_or_default();
+        let selector = &version.selectors[index];
         let mut keys = Vec::new();
         for object in objects
             .iter()
@@ -787,7 +789,3 @@ impl Slot {
         }
     }
 }
-
-/// The names of the controllers a manager runs and the keys waiting in their queues (for
-/// tests and metrics).
-pub type QueueDepths = BTreeMap<String, usize>;

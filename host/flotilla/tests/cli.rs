@@ -2631,13 +2631,8 @@ fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
     };
     // The pods that count: the replica set's, not being deleted.
     let pods = || -> Vec<String> {
-        let list: serde_json::Value =
-            serde_json::from_str(&run(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
-        list["items"]
-            .as_array()
-            .unwrap()
+        live_pods(&kubeconfig, "web")
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
             .collect()
     };
@@ -2720,8 +2715,8 @@ fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
     ]);
 }
 
-/// The greeting of every Running pod of `app`, by pod IP.
-fn greetings(kubeconfig: &Path, app: &str) -> Vec<(String, String)> {
+/// The pods of `app` that are not being deleted.
+fn live_pods(kubeconfig: &Path, app: &str) -> Vec<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(&kubectl_ok(
         kubeconfig,
         &["get", "pods", "-l", &format!("app={app}"), "-o", "json"],
@@ -2731,9 +2726,16 @@ fn greetings(kubeconfig: &Path, app: &str) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| {
-            p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running"
-        })
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+/// The greeting of every Running pod of `app`, by pod IP.
+fn greetings(kubeconfig: &Path, app: &str) -> Vec<(String, String)> {
+    live_pods(kubeconfig, app)
+        .iter()
+        .filter(|p| p["status"]["phase"] == "Running")
         .map(|p| {
             let ip = p["status"]["podIP"].as_str().unwrap().to_owned();
             let answer = get_http(&format!("{ip}:8080")).unwrap_or_default();
@@ -3243,18 +3245,7 @@ fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_orphans() 
     eventually(
         std::time::Duration::from_secs(60),
         "the replacement pods",
-        || {
-            let pods: serde_json::Value =
-                serde_json::from_str(&run(&["get", "pods", "-l", "app=web", "-o", "json"]))
-                    .unwrap();
-            let fresh = pods["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .count();
-            (fresh == 2).then_some(())
-        },
+        || (live_pods(&kubeconfig, "web").len() == 2).then_some(()),
     );
 }
 
@@ -3423,13 +3414,8 @@ fn an_unreachable_node_is_tainted_and_its_pods_are_replaced_elsewhere() {
         "--timeout=60s",
     ]);
     let nodes_of_pods = || -> Vec<String> {
-        let pods: serde_json::Value =
-            serde_json::from_str(&run(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
-        pods["items"]
-            .as_array()
-            .unwrap()
+        live_pods(&kubeconfig, "web")
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
                 p["spec"]["nodeName"]
                     .as_str()

@@ -26,6 +26,17 @@ pub struct NodeLifecycle {
     default_toleration: i64,
 }
 
+/// The node's taints but the unreachable ones.
+fn other_taints(node: &Value) -> Vec<Value> {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["key"] != UNREACHABLE)
+        .cloned()
+        .collect()
+}
+
 fn unreachable_taints(node: &Value) -> Vec<&Value> {
     node["spec"]["taints"]
         .as_array()
@@ -97,13 +108,7 @@ impl NodeLifecycle {
             )?;
         }
         if unreachable_taints(&node).len() < 2 {
-            let mut taints: Vec<Value> = node["spec"]["taints"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|t| t["key"] != UNREACHABLE)
-                .collect();
+            let mut taints = other_taints(&node);
             taints.push(json!({"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": now}));
             taints.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": now}));
             node["spec"]["taints"] = json!(taints);
@@ -119,14 +124,7 @@ impl NodeLifecycle {
             return Ok(());
         }
         let mut node = node.clone();
-        let taints: Vec<Value> = node["spec"]["taints"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t["key"] != UNREACHABLE)
-            .collect();
-        node["spec"]["taints"] = json!(taints);
+        node["spec"]["taints"] = json!(other_taints(&node));
         api::update(&node.to_string())
             .map(drop)
             .map_err(|s| failed("untainting the node", s))
