@@ -223,6 +223,8 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         awaiting_node: HashMap::new(),
         nodes_synced: false,
         pods_synced: false,
+        profiles_synced: false,
+        plugins_synced: false,
     };
     tokio::spawn(scheduler.run(rx, stop.clone()));
     Ok(Handle { stats, stop })
@@ -386,9 +388,12 @@ struct Scheduler {
     nodes_seen: HashSet<String>,
     /// Bound pods whose node the scheduler has not seen yet, by uid: placed when it appears.
     awaiting_node: HashMap<String, (String, Arc<Pod>)>,
-    /// Both initial lists are complete: no decision is taken on a partial snapshot.
+    /// The initial lists are complete: no decision is taken on a partial snapshot (a pod
+    /// whose profile or plugins are not listed yet would fail for nothing).
     nodes_synced: bool,
     pods_synced: bool,
+    profiles_synced: bool,
+    plugins_synced: bool,
 }
 
 /// Kubernetes' `numFeasibleNodesToFind`.
@@ -460,7 +465,11 @@ impl Scheduler {
             }
             let now = Instant::now();
             self.queue.flush(now);
-            let ready = *self.leading.borrow() && self.nodes_synced && self.pods_synced;
+            let ready = *self.leading.borrow()
+                && self.nodes_synced
+                && self.pods_synced
+                && self.profiles_synced
+                && self.plugins_synced;
             if ready && let Some((uid, pod)) = self.queue.pop() {
                 self.schedule(uid, pod).await;
                 continue;
@@ -498,7 +507,8 @@ impl Scheduler {
                         self.profiles.remove(name);
                     }
                 }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+                watcher::Event::InitDone => self.profiles_synced = true,
+                watcher::Event::Init => {}
             },
             Input::Plugin(event) => match *event {
                 watcher::Event::Apply(o) | watcher::Event::InitApply(o) => self.plugin_changed(&o),
@@ -507,7 +517,8 @@ impl Scheduler {
                         self.slots.remove(name);
                     }
                 }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+                watcher::Event::InitDone => self.plugins_synced = true,
+                watcher::Event::Init => {}
             },
             Input::Loaded {
                 name,
