@@ -37,6 +37,7 @@ const CONTROLLERS: &[&str] = &[
     "garbage-collector",
     "endpoints-controller",
     "node-lifecycle-controller",
+    "job-controller",
 ];
 
 /// Controllers embedded only with the `testing` feature.

@@ -14,6 +14,7 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "garbage-collector",
     "endpoints-controller",
     "node-lifecycle-controller",
+    "job-controller",
 ];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.

@@ -2715,6 +2715,171 @@ fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
     ]);
 }
 
+/// The pods of a Job, as kubectl lists them.
+fn job_pods(kubeconfig: &Path, job: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(&kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("job-name={job}"),
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+#[test]
+fn jobs_complete_fail_index_suspend_and_expire_with_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let workload = builtin_module(dir.path(), "workload");
+    let job = |name: &str, spec: &str, args: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - {{name: main, image: {}, args: {args}}}\n---\n",
+            workload.display()
+        )
+    };
+    let manifest = [
+        job(
+            "count",
+            "  completions: 3\n  parallelism: 2\n",
+            "[print, done]",
+        ),
+        job("fails", "  backoffLimit: 2\n", "[exit, \"1\"]"),
+        job(
+            "indexed",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n",
+            "[env, JOB_COMPLETION_INDEX]",
+        ),
+        job(
+            "late",
+            "  activeDeadlineSeconds: 3\n",
+            "[sleep, \"600000\"]",
+        ),
+        job("paused", "  suspend: true\n", "[print, resumed]"),
+        job("brief", "  ttlSecondsAfterFinished: 2\n", "[print, brief]"),
+    ]
+    .concat();
+    apply_manifest(&kubeconfig, dir.path(), "jobs.yaml", &manifest);
+    let wait = |job: &str, condition: &str, timeout: &str| {
+        run(&[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("job/{job}"),
+            &format!("--timeout={timeout}"),
+        ]);
+    };
+
+    // Three completions, two at a time: each pod counted once, every finalizer released.
+    wait("count", "Complete", "90s");
+    let count = object_json(&kubeconfig, "job", "count");
+    assert_eq!(count["status"]["succeeded"], 3, "{count}");
+    assert!(count["status"]["completionTime"].is_string(), "{count}");
+    let pods = job_pods(&kubeconfig, "count");
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    assert!(pods.iter().all(|p| p["status"]["phase"] == "Succeeded"));
+    eventually(
+        std::time::Duration::from_secs(30),
+        "finalizers released",
+        || {
+            job_pods(&kubeconfig, "count")
+                .iter()
+                .all(|p| {
+                    p["metadata"]["finalizers"]
+                        .as_array()
+                        .is_none_or(|f| f.is_empty())
+                })
+                .then_some(())
+        },
+    );
+    let listed = run(&["get", "job", "count"]);
+    assert!(
+        listed.contains("3/3") && listed.contains("Complete"),
+        "{listed}"
+    );
+
+    // Past backoffLimit: three failed pods (the first and two retries after a back-off), then
+    // Failed with Kubernetes' reason.
+    wait("fails", "Failed", "150s");
+    let fails = object_json(&kubeconfig, "job", "fails");
+    assert_eq!(fails["status"]["failed"], 3, "{fails}");
+    let failed = fails["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded", "{fails}");
+    assert_eq!(job_pods(&kubeconfig, "fails").len(), 3);
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=fails",
+    ]);
+    assert!(events.contains("BackoffLimitExceeded"), "{events}");
+
+    // Indexed: one pod per index, each told its index.
+    wait("indexed", "Complete", "90s");
+    let indexed = object_json(&kubeconfig, "job", "indexed");
+    assert_eq!(indexed["status"]["completedIndexes"], "0-2", "{indexed}");
+    let mut seen: Vec<String> = job_pods(&kubeconfig, "indexed")
+        .iter()
+        .map(|p| {
+            let index = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let name = p["metadata"]["name"].as_str().unwrap();
+            assert!(name.starts_with(&format!("indexed-{index}-")), "{name}");
+            let logs = logs_holding(&kubeconfig, name, "JOB_COMPLETION_INDEX=");
+            assert_eq!(logs.trim(), format!("JOB_COMPLETION_INDEX={index}"));
+            index
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2"]);
+
+    // Past activeDeadlineSeconds: failed, its running pod stopped.
+    wait("late", "Failed", "60s");
+    let late = object_json(&kubeconfig, "job", "late");
+    assert!(late.to_string().contains("DeadlineExceeded"), "{late}");
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the late pod gone",
+        || job_pods(&kubeconfig, "late").is_empty().then_some(()),
+    );
+
+    // Suspended: no pods until resumed.
+    wait("paused", "Suspended", "30s");
+    assert!(job_pods(&kubeconfig, "paused").is_empty());
+    run(&[
+        "patch",
+        "job",
+        "paused",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    wait("paused", "Complete", "90s");
+
+    // ttlSecondsAfterFinished: the finished Job and its pod are deleted.
+    eventually(
+        std::time::Duration::from_secs(90),
+        "the brief job deleted",
+        || {
+            let (found, _, _) = kubectl(&kubeconfig, &["get", "job", "brief"]);
+            (!found && job_pods(&kubeconfig, "brief").is_empty()).then_some(())
+        },
+    );
+}
+
 /// The pods of `app` that are not being deleted.
 fn live_pods(kubeconfig: &Path, app: &str) -> Vec<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(&kubectl_ok(

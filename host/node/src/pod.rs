@@ -1192,8 +1192,11 @@ pub(crate) async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Pod>
         );
     }
     stop.cancel();
-    // The containers stop within the grace period (HTTP handlers drain their requests).
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), &mut run).await;
+    // The containers stop within the grace period (HTTP handlers drain their requests); a pod
+    // whose containers all finished has nothing left to stop.
+    if !ran_out {
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), &mut run).await;
+    }
     writer_done.cancel();
     if let Some(writer) = writer {
         let _ = writer.await;

@@ -261,6 +261,110 @@ pub fn safe_encode(hash: u32) -> String {
         .collect()
 }
 
+/// The JSON patch that removes `finalizer` from `object`, if it has it; it fails (422) if the
+/// finalizers changed meanwhile.
+pub fn remove_finalizer_patch(object: &Value, finalizer: &str) -> Option<String> {
+    let finalizers = object["metadata"]["finalizers"].as_array()?;
+    if !finalizers.iter().any(|f| f == finalizer) {
+        return None;
+    }
+    let kept: Vec<&Value> = finalizers.iter().filter(|f| *f != finalizer).collect();
+    Some(
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "replace", "path": "/metadata/finalizers", "value": kept},
+        ])
+        .to_string(),
+    )
+}
+
+/// Whether `object` has the finalizer.
+pub fn has_finalizer(object: &Value, finalizer: &str) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == finalizer))
+}
+
+/// The condition of `kind` in `object`'s status, if it is True.
+pub fn true_condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind && c["status"] == "True")
+}
+
+/// Sets the condition of `kind` in `conditions`: its transition time moves only when its
+/// status changes; its probe time is now.
+pub fn set_condition(
+    conditions: &mut Vec<Value>,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
+    let now = now_rfc3339();
+    let transition = conditions
+        .iter()
+        .find(|c| c["type"] == kind && c["status"] == status)
+        .map_or_else(|| json!(now), |c| c["lastTransitionTime"].clone());
+    let condition = json!({"type": kind, "status": status, "reason": reason, "message": message,
+        "lastProbeTime": now, "lastTransitionTime": transition});
+    match conditions.iter_mut().find(|c| c["type"] == kind) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// A set of completion indexes as Kubernetes writes `completedIndexes`: ascending, runs of
+/// three or more as ranges (`1,3-5,7`).
+pub fn format_indexes(indexes: &std::collections::BTreeSet<u32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut run: Option<(u32, u32)> = None;
+    let flush = |run: (u32, u32), parts: &mut Vec<String>| match run.1 - run.0 {
+        0 => parts.push(run.0.to_string()),
+        1 => parts.extend([run.0.to_string(), run.1.to_string()]),
+        _ => parts.push(format!("{}-{}", run.0, run.1)),
+    };
+    for &index in indexes {
+        run = match run {
+            Some((start, end)) if index == end + 1 => Some((start, index)),
+            Some(done) => {
+                flush(done, &mut parts);
+                Some((index, index))
+            }
+            None => Some((index, index)),
+        };
+    }
+    if let Some(done) = run {
+        flush(done, &mut parts);
+    }
+    parts.join(",")
+}
+
+/// The indexes of a `completedIndexes` string; parts that do not parse are ignored.
+pub fn parse_indexes(text: &str) -> std::collections::BTreeSet<u32> {
+    text.split(',')
+        .filter_map(|part| match part.split_once('-') {
+            Some((start, end)) => Some(start.trim().parse().ok()?..=end.trim().parse().ok()?),
+            None => {
+                let index = part.trim().parse().ok()?;
+                Some(index..=index)
+            }
+        })
+        .flatten()
+        .collect()
+}
+
+/// How long a Job waits before it replaces its `failures`-th failed pod: 10 s doubling, at most
+/// six minutes (Kubernetes' pod failure backoff).
+pub fn failure_backoff(failures: u32) -> std::time::Duration {
+    if failures == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let seconds = 10u64.saturating_mul(1 << (failures - 1).min(6));
+    std::time::Duration::from_secs(seconds.min(360))
+}
+
 /// Kubernetes' ranking of pods to delete first (`ActivePodsWithRanks`): smaller first.
 pub fn deletion_rank(pod: &Value) -> (u8, u8, u8, i64, i64, i64) {
     let scheduled = pod["spec"]["nodeName"]
@@ -425,5 +529,46 @@ mod tests {
         assert!(is_available(&pod, 5, at));
         assert!(!is_available(&pod, 6, at));
         assert!(!is_ready(&json!({"status": {}})));
+    }
+
+    #[test]
+    fn completed_indexes_read_and_write_as_kubernetes_does() {
+        let indexes: std::collections::BTreeSet<u32> = [0, 1, 3, 4, 5, 7, 9, 10].into();
+        assert_eq!(format_indexes(&indexes), "0,1,3-5,7,9,10");
+        assert_eq!(parse_indexes("0,1,3-5,7,9,10"), indexes);
+        assert_eq!(format_indexes(&Default::default()), "");
+        assert!(parse_indexes("").is_empty());
+        assert_eq!(parse_indexes("2-4,x,8"), [2, 3, 4, 8].into());
+    }
+
+    #[test]
+    fn failed_pods_are_replaced_after_a_doubling_backoff() {
+        let secs = |n| failure_backoff(n).as_secs();
+        assert_eq!(
+            [
+                secs(0),
+                secs(1),
+                secs(2),
+                secs(3),
+                secs(6),
+                secs(7),
+                secs(30)
+            ],
+            [0, 10, 20, 40, 320, 360, 360]
+        );
+    }
+
+    #[test]
+    fn a_finalizer_is_removed_only_from_the_list_it_was_read_from() {
+        let pod = json!({"metadata": {"finalizers": ["a", "batch.kubernetes.io/job-tracking"]}});
+        let patch: Value = serde_json::from_str(
+            &remove_finalizer_patch(&pod, "batch.kubernetes.io/job-tracking").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(patch[0]["op"], "test");
+        assert_eq!(patch[0]["value"], pod["metadata"]["finalizers"]);
+        assert_eq!(patch[1]["value"], json!(["a"]));
+        assert!(remove_finalizer_patch(&pod, "other").is_none());
+        assert!(has_finalizer(&pod, "a") && !has_finalizer(&pod, "other"));
     }
 }
