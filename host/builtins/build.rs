@@ -38,6 +38,8 @@ const CONTROLLERS: &[&str] = &[
     "endpoints-controller",
     "node-lifecycle-controller",
     "job-controller",
+    "daemonset-controller",
+    "statefulset-controller",
 ];
 
 /// Controllers embedded only with the `testing` feature.

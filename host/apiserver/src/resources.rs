@@ -351,6 +351,15 @@ pub fn builtin() -> Vec<ResourceDef> {
             &["all"],
             true,
         ),
+        grouped(
+            "apps",
+            "ControllerRevision",
+            "controllerrevisions",
+            "controllerrevision",
+            &[],
+            &[],
+            false,
+        ),
         grouped("batch", "Job", "jobs", "job", &[], &["all"], true),
         grouped(
             "batch",

@@ -682,6 +682,38 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
             TEMPLATE_SELECTOR,
         ],
         ("apps", "statefulsets") => vec![NAME, READY_OF_DESIRED, AGE],
+        ("apps", "controllerrevisions") => vec![
+            NAME,
+            column(
+                "Controller",
+                0,
+                "The object that owns the revision.",
+                |o, _| {
+                    let owner = o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|r| r["controller"] == json!(true));
+                    json!(owner.map_or_else(String::new, |r| {
+                        format!(
+                            "{}.{}/{}",
+                            r["kind"].as_str().unwrap_or_default().to_lowercase(),
+                            r["apiVersion"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .split('/')
+                                .next()
+                                .unwrap_or_default(),
+                            r["name"].as_str().unwrap_or_default()
+                        )
+                    }))
+                },
+            ),
+            column("Revision", 0, "The revision's number.", |o, _| {
+                json!(o["revision"].as_i64().unwrap_or(0))
+            }),
+            AGE,
+        ],
         ("apps", "daemonsets") => vec![
             NAME,
             column(

@@ -15,6 +15,8 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "endpoints-controller",
     "node-lifecycle-controller",
     "job-controller",
+    "daemonset-controller",
+    "statefulset-controller",
 ];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.

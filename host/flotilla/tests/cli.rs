@@ -2715,6 +2715,392 @@ fn the_replicaset_controller_keeps_replicas_adopts_and_releases() {
     ]);
 }
 
+#[test]
+fn the_statefulset_controller_orders_updates_and_scales_its_pods() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let workload = builtin_module(dir.path(), "workload");
+    let stateful_set = |name: &str, policy: &str, min_ready_seconds: u32| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}}}\nspec:\n  replicas: 3\n  serviceName: {name}\n  podManagementPolicy: {policy}\n  minReadySeconds: {min_ready_seconds}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n      - {{name: main, image: {}, args: [forever], env: [{{name: ROUND, value: one}}]}}\n",
+            workload.display()
+        )
+    };
+    let pod = |name: &str| object_json(&kubeconfig, "pod", name);
+    // Timestamps to the second (RFC 3339 prefixes of one width compare as times do).
+    let created = |pod: &serde_json::Value| {
+        pod["metadata"]["creationTimestamp"].as_str().unwrap()[..19].to_owned()
+    };
+    let ready_since = |pod: &serde_json::Value| {
+        let conditions = pod["status"]["conditions"].as_array().unwrap();
+        let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+        ready["lastTransitionTime"].as_str().unwrap()[..19].to_owned()
+    };
+    let live = |app: &str| -> Vec<String> {
+        let mut names: Vec<String> = live_pods(&kubeconfig, app)
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let revisions = || -> Vec<serde_json::Value> {
+        let list: serde_json::Value = serde_json::from_str(&run(&[
+            "get",
+            "controllerrevisions",
+            "-l",
+            "app=web",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        list["items"].as_array().unwrap().clone()
+    };
+    eventually(Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+
+    // OrderedReady: web-0, web-1, web-2, each once the one below has been available for
+    // minReadySeconds (which also needs the controller to come back by itself when it elapses).
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "web.yaml",
+        &stateful_set("web", "OrderedReady", 2),
+    );
+    let status = run(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    assert!(status.contains("complete"), "{status}");
+    assert_eq!(live("web"), ["web-0", "web-1", "web-2"]);
+    let first: Vec<serde_json::Value> = ["web-0", "web-1", "web-2"].map(pod).to_vec();
+    for below in 0..2 {
+        assert!(
+            created(&first[below + 1]) > ready_since(&first[below]),
+            "web-{} was created before web-{below} was available",
+            below + 1
+        );
+    }
+    // `rollout status` waits for ready pods; available ones follow minReadySeconds later.
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.availableReplicas}=3",
+        "statefulset/web",
+        "--timeout=30s",
+    ]);
+    let set = object_json(&kubeconfig, "statefulset", "web");
+    let first_revision = set["status"]["updateRevision"].as_str().unwrap().to_owned();
+    assert_eq!(
+        set["status"]["currentRevision"],
+        first_revision.as_str(),
+        "{set}"
+    );
+    assert_eq!(set["status"]["replicas"], 3, "{set}");
+    assert_eq!(set["status"]["readyReplicas"], 3, "{set}");
+    assert_eq!(set["status"]["availableReplicas"], 3, "{set}");
+    assert_eq!(set["status"]["updatedReplicas"], 3, "{set}");
+    assert_eq!(
+        set["status"]["observedGeneration"],
+        set["metadata"]["generation"]
+    );
+    // Stable identity: name, hostname, subdomain, labels, owner.
+    let web_1 = &first[1];
+    assert_eq!(web_1["spec"]["hostname"], "web-1");
+    assert_eq!(web_1["spec"]["subdomain"], "web");
+    let labels = &web_1["metadata"]["labels"];
+    assert_eq!(labels["statefulset.kubernetes.io/pod-name"], "web-1");
+    assert_eq!(labels["apps.kubernetes.io/pod-index"], "1");
+    assert_eq!(labels["controller-revision-hash"], first_revision.as_str());
+    let owner = &web_1["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "StatefulSet");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["uid"], set["metadata"]["uid"]);
+    // The revision is a ControllerRevision the set owns.
+    let history = revisions();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["metadata"]["name"], first_revision.as_str());
+    assert_eq!(history[0]["revision"], 1);
+    assert_eq!(
+        history[0]["metadata"]["ownerReferences"][0]["kind"],
+        "StatefulSet"
+    );
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]);
+    for ordinal in 0..3 {
+        assert!(
+            events.contains(&format!(
+                "create Pod web-{ordinal} in StatefulSet web successful"
+            )),
+            "{events}"
+        );
+    }
+
+    // A new template rolls out from the highest ordinal down, one pod at a time.
+    run(&["set", "env", "statefulset/web", "ROUND=two"]);
+    let status = run(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    assert!(status.contains("complete"), "{status}");
+    let second: Vec<serde_json::Value> = ["web-0", "web-1", "web-2"].map(pod).to_vec();
+    let second_revision = eventually(Duration::from_secs(30), "the current revision", || {
+        let set = object_json(&kubeconfig, "statefulset", "web");
+        let update = set["status"]["updateRevision"].as_str()?.to_owned();
+        (set["status"]["currentRevision"] == update.as_str() && update != first_revision)
+            .then_some(update)
+    });
+    for (old, new) in first.iter().zip(&second) {
+        assert_ne!(old["metadata"]["uid"], new["metadata"]["uid"], "replaced");
+        assert_eq!(
+            new["metadata"]["labels"]["controller-revision-hash"],
+            second_revision.as_str()
+        );
+        assert_eq!(new["spec"]["containers"][0]["env"][0]["value"], "two");
+    }
+    assert!(
+        created(&second[2]) < created(&second[1]) && created(&second[1]) < created(&second[0]),
+        "replaced from the highest ordinal down: {:?}",
+        second.iter().map(created).collect::<Vec<_>>()
+    );
+    assert_eq!(revisions().len(), 2);
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]);
+    assert!(
+        events.contains("delete Pod web-2 in StatefulSet web successful"),
+        "{events}"
+    );
+
+    // Undo puts the first template back: its revision becomes the newest.
+    run(&["rollout", "undo", "statefulset/web"]);
+    run(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    eventually(Duration::from_secs(30), "the first revision again", || {
+        let set = object_json(&kubeconfig, "statefulset", "web");
+        (set["status"]["currentRevision"] == first_revision.as_str()).then_some(())
+    });
+    let history = revisions();
+    assert_eq!(history.len(), 2, "the first revision is reused");
+    let renumbered = history
+        .iter()
+        .find(|r| r["metadata"]["name"] == first_revision.as_str())
+        .unwrap();
+    assert_eq!(renumbered["revision"], 3);
+
+    // A deleted pod comes back under its name.
+    let deleted_uid = pod("web-1")["metadata"]["uid"].clone();
+    run(&["delete", "pod", "web-1"]);
+    eventually(Duration::from_secs(60), "web-1 again", || {
+        // Absent for a moment: read it without failing.
+        let (found, json, _) = kubectl(&kubeconfig, &["get", "pod", "web-1", "-o", "json"]);
+        let again: serde_json::Value = serde_json::from_str(&json).ok().filter(|_| found)?;
+        (again["metadata"]["uid"] != deleted_uid
+            && again["status"]["phase"] == "Running"
+            && again["metadata"]["deletionTimestamp"].is_null())
+        .then_some(())
+    });
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=3",
+        "statefulset/web",
+        "--timeout=60s",
+    ]);
+
+    // Scaling down removes the highest ordinals, the higher one first: every look at the pods
+    // (terminating ones included) sees a prefix web-0..web-k.
+    run(&["scale", "statefulset/web", "--replicas=1"]);
+    eventually(Duration::from_secs(60), "web-0 alone", || {
+        let names = run(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        let mut names: Vec<&str> = names.split_whitespace().collect();
+        names.sort();
+        let prefix: Vec<String> = (0..names.len()).map(|o| format!("web-{o}")).collect();
+        assert_eq!(names, prefix, "pods beyond a gap");
+        (names == ["web-0"]).then_some(())
+    });
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=1",
+        "statefulset/web",
+        "--timeout=60s",
+    ]);
+
+    // Parallel: all three at once, long before the first has been ready for minReadySeconds.
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "par.yaml",
+        &stateful_set("par", "Parallel", 60),
+    );
+    eventually(Duration::from_secs(30), "three parallel pods", || {
+        (live("par") == ["par-0", "par-1", "par-2"]).then_some(())
+    });
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=3",
+        "statefulset/par",
+        "--timeout=60s",
+    ]);
+    let par = object_json(&kubeconfig, "statefulset", "par");
+    assert_ne!(par["status"]["availableReplicas"], 3, "{par}");
+    // And scaled to zero, all of them go.
+    run(&["scale", "statefulset/par", "--replicas=0"]);
+    eventually(Duration::from_secs(60), "no parallel pods", || {
+        live("par").is_empty().then_some(())
+    });
+
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/statefulset-controller",
+        "--timeout=30s",
+    ]);
+}
+
+/// The nodes the pods of `app` are bound to, sorted.
+fn nodes_of(kubeconfig: &Path, app: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = live_pods(kubeconfig, app)
+        .iter()
+        .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[test]
+fn a_daemon_set_follows_nodes_as_they_join_leave_and_change() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let _first = simulated_nodes(&kubeconfig, &["--simulate", "2", "--node-prefix", "a-"]);
+    let yaml = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      containers: [{name: main, image: /nowhere.wasm}]\n";
+    apply_manifest(&kubeconfig, dir.path(), "ds.yaml", yaml);
+    let on_nodes = |wanted: &[&str]| {
+        eventually(
+            std::time::Duration::from_secs(60),
+            &format!("daemon pods on {wanted:?}"),
+            || (nodes_of(&kubeconfig, "agent") == wanted).then_some(()),
+        );
+    };
+    let settled = |desired: usize| {
+        for field in [
+            "desiredNumberScheduled",
+            "numberAvailable",
+            "updatedNumberScheduled",
+        ] {
+            run(&[
+                "wait",
+                &format!("--for=jsonpath={{.status.{field}}}={desired}"),
+                "ds/agent",
+                "--timeout=60s",
+            ]);
+        }
+    };
+    on_nodes(&["a-0", "a-1"]);
+    settled(2);
+    let pod = &live_pods(&kubeconfig, "agent")[0];
+    let tolerations = pod["spec"]["tolerations"].to_string();
+    assert!(
+        tolerations.contains("node.kubernetes.io/unreachable"),
+        "{tolerations}"
+    );
+    let pinned = pod["spec"]["affinity"]["nodeAffinity"].to_string();
+    assert!(pinned.contains("metadata.name"), "{pinned}");
+
+    // A node joins, one leaves.
+    let _second = simulated_nodes(&kubeconfig, &["--simulate", "1", "--node-prefix", "b-"]);
+    on_nodes(&["a-0", "a-1", "b-0"]);
+    settled(3);
+    run(&["delete", "node", "b-0"]);
+    on_nodes(&["a-0", "a-1"]);
+    settled(2);
+
+    // A NoExecute taint the pods do not tolerate removes the pod; a NoSchedule one keeps it;
+    // a selector the node stops matching removes it too.
+    run(&["taint", "node", "a-1", "dedicated=db:NoExecute"]);
+    on_nodes(&["a-0"]);
+    settled(1);
+    run(&["taint", "node", "a-1", "dedicated=db:NoExecute-"]);
+    on_nodes(&["a-0", "a-1"]);
+    run(&["taint", "node", "a-1", "dedicated=db:NoSchedule"]);
+    settled(1);
+    let ds = object_json(&kubeconfig, "ds", "agent");
+    assert_eq!(ds["status"]["numberMisscheduled"], 1, "{ds}");
+    assert_eq!(nodes_of(&kubeconfig, "agent"), ["a-0", "a-1"]);
+    run(&["taint", "node", "a-1", "dedicated=db:NoSchedule-"]);
+    run(&["label", "node", "a-0", "role=edge"]);
+    run(&[
+        "patch",
+        "ds",
+        "agent",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"role":"edge"}}}}}"#,
+    ]);
+    run(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    on_nodes(&["a-0"]);
+
+    // A rolling update replaces the pods with the new revision; undo brings the old one back.
+    run(&[
+        "patch",
+        "ds",
+        "agent",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#,
+    ]);
+    run(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    on_nodes(&["a-0", "a-1"]);
+    let hashes = || -> Vec<String> {
+        live_pods(&kubeconfig, "agent")
+            .iter()
+            .map(|p| {
+                p["metadata"]["labels"]["controller-revision-hash"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let before = hashes();
+    assert_eq!(before[0], before[1]);
+    run(&["set", "env", "ds/agent", "MODE=two"]);
+    run(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    settled(2);
+    let after = hashes();
+    assert!(
+        after.iter().all(|h| *h == after[0] && *h != before[0]),
+        "{before:?} {after:?}"
+    );
+    let history = run(&["rollout", "history", "ds/agent"]);
+    assert!(history.lines().count() >= 4, "{history}");
+    run(&["rollout", "undo", "ds/agent"]);
+    run(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the old revision back",
+        || {
+            let now = hashes();
+            (now.len() == 2 && now.iter().all(|h| *h == before[0])).then_some(())
+        },
+    );
+    let env = object_json(&kubeconfig, "ds", "agent")["spec"]["template"]["spec"]["containers"][0]
+        ["env"]
+        .clone();
+    assert!(env.is_null(), "{env}");
+}
+
 /// The pods of a Job, as kubectl lists them.
 fn job_pods(kubeconfig: &Path, job: &str) -> Vec<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(&kubectl_ok(

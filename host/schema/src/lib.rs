@@ -68,7 +68,7 @@ impl Registry {
                 core::v1::Endpoints, core::v1::ConfigMap, core::v1::Secret, core::v1::Event,
                 core::v1::ServiceAccount;
             "apps" "v1": apps::v1::Deployment, apps::v1::ReplicaSet, apps::v1::StatefulSet,
-                apps::v1::DaemonSet;
+                apps::v1::DaemonSet, apps::v1::ControllerRevision;
             "batch" "v1": batch::v1::Job, batch::v1::CronJob;
             "networking.k8s.io" "v1": networking::v1::Ingress;
             "discovery.k8s.io" "v1": discovery::v1::EndpointSlice;

@@ -165,44 +165,6 @@ impl Rollout {
         });
     }
 
-    /// Adopts orphaned ReplicaSets the selector matches, releases owned ones it no longer
-    /// matches, and returns the owned ones.
-    fn claim(&self, selector: &str) -> Result<Vec<Value>, String> {
-        let uid = &self.d["metadata"]["uid"];
-        let matching: Vec<String> =
-            cache::list("apps/v1", "ReplicaSet", Some(&self.namespace), selector)
-                .map_err(|s| failed("listing replica sets", s))?
-                .iter()
-                .filter_map(|rs| parse(rs).ok())
-                .map(|rs| name_of(&rs).to_owned())
-                .collect();
-        let mut owned = Vec::new();
-        for rs in cache::list("apps/v1", "ReplicaSet", Some(&self.namespace), "")
-            .map_err(|s| failed("listing replica sets", s))?
-        {
-            let rs = parse(&rs)?;
-            let matches = matching.iter().any(|n| n == name_of(&rs));
-            match controller_ref(&rs) {
-                Some(owner) if owner["uid"] == *uid => {
-                    if matches {
-                        owned.push(rs);
-                    } else if let Some(patch) = release_patch(&rs, uid) {
-                        // A failure leaves it for the next reconcile to see as it is.
-                        let _ = api::patch(&rs_ref(&rs), PatchType::Json, &patch);
-                    }
-                }
-                None if matches && rs["metadata"].get("deletionTimestamp").is_none() => {
-                    let adopted =
-                        api::patch(&rs_ref(&rs), PatchType::Json, &adopt_patch(&self.d, &rs))
-                            .map_err(|s| failed("adopting a replica set", s))?;
-                    owned.push(parse(&adopted)?);
-                }
-                _ => {}
-            }
-        }
-        Ok(owned)
-    }
-
     /// Sets a ReplicaSet's replicas (and the annotations recording the Deployment's size),
     /// returning it as written.
     fn scale(&self, rs: &Value, to: i64) -> Result<Value, String> {
@@ -753,7 +715,13 @@ impl Controller for DeploymentController {
                 return Ok(None);
             }
         };
-        let owned = rollout.claim(&selector)?;
+        let claim = claim::Claim {
+            owner: &rollout.d,
+            api_version: "apps/v1",
+            kind: "ReplicaSet",
+            selector: &selector,
+        };
+        let owned = claim.run(|_| true, |_| Ok(()))?;
         let template = without_hash(&rollout.d["spec"]["template"]);
         let (mut news, mut olds): (Vec<Value>, Vec<Value>) = owned
             .into_iter()

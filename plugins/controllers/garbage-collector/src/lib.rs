@@ -41,6 +41,7 @@ const KINDS: &[(&str, &str)] = &[
     ("apps/v1", "ReplicaSet"),
     ("apps/v1", "StatefulSet"),
     ("apps/v1", "DaemonSet"),
+    ("apps/v1", "ControllerRevision"),
     ("batch/v1", "Job"),
     ("batch/v1", "CronJob"),
     ("discovery.k8s.io/v1", "EndpointSlice"),

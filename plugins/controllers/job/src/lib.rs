@@ -299,62 +299,6 @@ impl<'a> Sync<'a> {
             .unwrap_or_default()
     }
 
-    /// Releases or adopts pods, and returns the pods the Job controls.
-    fn claim(&self, selector: &str) -> Result<Vec<Value>, String> {
-        let namespace = self.namespace();
-        let uid = &self.job["metadata"]["uid"];
-        let matching: HashSet<String> = cache::list("v1", "Pod", Some(namespace), selector)
-            .map_err(|s| failed("listing pods", s))?
-            .iter()
-            .filter_map(|p| parse(p).ok())
-            .map(|p| uid_of(&p).to_owned())
-            .collect();
-        let mut owned = Vec::new();
-        for pod in
-            cache::list("v1", "Pod", Some(namespace), "").map_err(|s| failed("listing pods", s))?
-        {
-            let pod = parse(&pod)?;
-            let matches = matching.contains(uid_of(&pod));
-            match controller_ref(&pod) {
-                Some(owner) if owner["uid"] == *uid => {
-                    if matches {
-                        owned.push(pod);
-                    } else {
-                        release_tracking(&pod)?;
-                        if let Some(patch) = release_patch(&pod, uid) {
-                            match api::patch(&pod_ref(&pod), PatchType::Json, &patch) {
-                                Ok(_) => {}
-                                Err(s) if matches!(s.code, 404 | 409 | 422) => {}
-                                Err(s) => return Err(failed("releasing a pod", s)),
-                            }
-                        }
-                    }
-                }
-                // A pod of an earlier Job of this name: nothing will count it any more.
-                Some(owner)
-                    if owner["kind"] == "Job" && owner["name"] == self.job["metadata"]["name"] =>
-                {
-                    release_tracking(&pod)?;
-                }
-                None if matches
-                    && !deleting(self.job)
-                    && !deleting(&pod)
-                    && outcome(&pod).is_none() =>
-                {
-                    let adopted = api::patch(
-                        &pod_ref(&pod),
-                        PatchType::Json,
-                        &adopt_patch(self.job, &pod),
-                    )
-                    .map_err(|s| failed("adopting a pod", s))?;
-                    owned.push(parse(&adopted)?);
-                }
-                _ => {}
-            }
-        }
-        Ok(owned)
-    }
-
     /// Why the Job ends now, if it does.
     fn verdict(&self, tally: &Tally) -> Option<Verdict> {
         if let Some(recorded) = Verdict::recorded(self.job) {
@@ -582,13 +526,23 @@ impl<'a> Sync<'a> {
 }
 
 impl JobController {
-    /// The Job is gone: its pods that still hold the tracking finalizer are released from it.
-    fn release_orphans(&self, namespace: Option<&str>, name: &str) -> Result<(), String> {
+    /// Releases the pods named after Job `name` from the tracking finalizer, except those the
+    /// Job of uid `current` controls: their Job is gone.
+    fn release_orphans(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        current: Option<&str>,
+    ) -> Result<(), String> {
         let selector = format!("{JOB_NAME}={name}");
         for pod in
             cache::list("v1", "Pod", namespace, &selector).map_err(|s| failed("listing pods", s))?
         {
-            release_tracking(&parse(&pod)?)?;
+            let pod = parse(&pod)?;
+            let controller = controller_ref(&pod).and_then(|c| c["uid"].as_str());
+            if current.is_none() || controller != current {
+                release_tracking(&pod)?;
+            }
         }
         Ok(())
     }
@@ -667,14 +621,22 @@ impl Controller for JobController {
         let Some(job) = cache::get("batch/v1", "Job", namespace, &key.name)
             .map_err(|s| failed("reading the job", s))?
         else {
-            self.release_orphans(namespace, &key.name)?;
+            self.release_orphans(namespace, &key.name, None)?;
             return Ok(None);
         };
         let job = parse(&job)?;
         let sync = Sync::new(&job);
         let selector =
             selector_string(&job["spec"]["selector"]).map_err(|e| format!("spec.selector: {e}"))?;
-        let pods = sync.claim(&selector)?;
+        let claim = claim::Claim {
+            owner: &job,
+            api_version: "v1",
+            kind: "Pod",
+            selector: &selector,
+        };
+        let pods = claim.run(|pod| outcome(pod).is_none(), release_tracking)?;
+        // Pods of an earlier Job of this name: nothing will count them any more.
+        self.release_orphans(namespace, &key.name, Some(uid_of(&job)))?;
         let finished = ["Complete", "Failed"]
             .iter()
             .any(|kind| true_condition(&job, kind).is_some());

@@ -51,70 +51,6 @@ fn name_of(object: &Value) -> &str {
 }
 
 impl ReplicaSetController {
-    /// Releases or adopts pods, and returns the active pods the ReplicaSet controls.
-    fn claim(&self, rs: &Value, selector: &str) -> Result<Vec<Value>, String> {
-        let namespace = rs["metadata"]["namespace"].as_str().unwrap_or_default();
-        let uid = &rs["metadata"]["uid"];
-        let matching: std::collections::HashSet<String> =
-            cache::list("v1", "Pod", Some(namespace), selector)
-                .map_err(|s| failed("listing pods", s))?
-                .iter()
-                .filter_map(|p| parse(p).ok())
-                .map(|p| name_of(&p).to_owned())
-                .collect();
-        let deleting = rs["metadata"].get("deletionTimestamp").is_some();
-        let mut owned = Vec::new();
-        for pod in
-            cache::list("v1", "Pod", Some(namespace), "").map_err(|s| failed("listing pods", s))?
-        {
-            let pod = parse(&pod)?;
-            let name = name_of(&pod).to_owned();
-            let controller = controller_ref(&pod);
-            let matches = matching.contains(&name);
-            match controller {
-                Some(owner) if owner["uid"] == *uid => {
-                    if matches {
-                        owned.push(pod);
-                    } else if pod["metadata"].get("deletionTimestamp").is_none() {
-                        self.release(&pod, uid)?;
-                    }
-                }
-                None if matches
-                    && !deleting
-                    && pod["metadata"].get("deletionTimestamp").is_none() =>
-                {
-                    owned.push(self.adopt(rs, &pod)?);
-                }
-                _ => {}
-            }
-        }
-        Ok(owned)
-    }
-
-    fn release(&self, pod: &Value, uid: &Value) -> Result<(), String> {
-        let Some(patch) = release_patch(pod, uid) else {
-            return Ok(());
-        };
-        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        match api::patch(&pod_ref(namespace, name_of(pod)), PatchType::Json, &patch) {
-            Ok(_) => Ok(()),
-            // Gone or changed meanwhile: the next reconcile sees it as it is.
-            Err(s) if s.code == 404 || s.code == 422 || s.code == 409 => Ok(()),
-            Err(s) => Err(failed("releasing a pod", s)),
-        }
-    }
-
-    fn adopt(&self, rs: &Value, pod: &Value) -> Result<Value, String> {
-        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        let adopted = api::patch(
-            &pod_ref(namespace, name_of(pod)),
-            PatchType::Json,
-            &adopt_patch(rs, pod),
-        )
-        .map_err(|s| failed("adopting a pod", s))?;
-        parse(&adopted)
-    }
-
     /// Creates `count` pods of the template in slow-start batches; how many were created, and
     /// the first failure.
     fn create(&self, rs: &Value, count: usize) -> (usize, Option<String>) {
@@ -269,7 +205,13 @@ impl Controller for ReplicaSetController {
         let rs = parse(&rs)?;
         let selector =
             selector_string(&rs["spec"]["selector"]).map_err(|e| format!("spec.selector: {e}"))?;
-        let pods = self.claim(&rs, &selector)?;
+        let claim = claim::Claim {
+            owner: &rs,
+            api_version: "v1",
+            kind: "Pod",
+            selector: &selector,
+        };
+        let pods = claim.run(|_| true, |_| Ok(()))?;
         let active: Vec<Value> = pods.into_iter().filter(is_active).collect();
         let wanted = rs["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
         let mut failure = None;
