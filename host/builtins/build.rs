@@ -40,6 +40,7 @@ const CONTROLLERS: &[&str] = &[
     "job-controller",
     "daemonset-controller",
     "statefulset-controller",
+    "cronjob-controller",
 ];
 
 /// Controllers embedded only with the `testing` feature.

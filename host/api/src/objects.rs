@@ -9,7 +9,6 @@
 //! Names, namespaces and the metadata that may not change on update are checked by the caller.
 
 mod config;
-mod cron;
 mod network;
 mod pod;
 mod workloads;

@@ -117,6 +117,19 @@ fn object_meta(meta: Option<meta::ObjectMeta>) -> Value {
         .strings("labels", &m.labels)
         .strings("annotations", &m.annotations)
         .val("finalizers", json!(m.finalizers))
+        .val(
+            "ownerReferences",
+            list(&m.owner_references, |r| {
+                Obj::default()
+                    .opt("apiVersion", r.api_version.clone())
+                    .opt("kind", r.kind.clone())
+                    .opt("name", r.name.clone())
+                    .opt("uid", r.uid.clone())
+                    .opt("controller", r.controller)
+                    .opt("blockOwnerDeletion", r.block_owner_deletion)
+                    .done()
+            }),
+        )
         .done()
 }
 
@@ -363,6 +376,31 @@ mod tests {
         let mut body = MAGIC.to_vec();
         body.extend(unknown.encode_to_vec());
         body
+    }
+
+    #[test]
+    fn a_job_made_from_a_cron_job_keeps_its_owner() {
+        let job = batch::Job {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("tick-manual".into()),
+                owner_references: vec![meta::OwnerReference {
+                    api_version: Some("batch/v1".into()),
+                    kind: Some("CronJob".into()),
+                    name: Some("tick".into()),
+                    uid: Some("u-1".into()),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let object = decode(&envelope("batch/v1", "Job", job.encode_to_vec())).unwrap();
+        assert_eq!(
+            object["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "batch/v1", "kind": "CronJob", "name": "tick", "uid": "u-1",
+                "controller": true}])
+        );
     }
 
     #[test]

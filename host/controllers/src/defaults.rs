@@ -17,6 +17,7 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "job-controller",
     "daemonset-controller",
     "statefulset-controller",
+    "cronjob-controller",
 ];
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.

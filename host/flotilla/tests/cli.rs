@@ -3266,6 +3266,286 @@ fn jobs_complete_fail_index_suspend_and_expire_with_kubectl() {
     );
 }
 
+/// Seconds since the epoch of an RFC 3339 time, `Z` or with an offset
+/// (`2026-03-29T03:00:00+02:00`).
+fn epoch_seconds(text: &str) -> i64 {
+    let (local, offset) = match text.strip_suffix('Z') {
+        Some(local) => (local, 0),
+        None => {
+            let (local, offset) = text.split_at(text.len() - 6);
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let hours: i64 = offset[1..3].parse().unwrap();
+            let minutes: i64 = offset[4..6].parse().unwrap();
+            (local, sign * (hours * 3600 + minutes * 60))
+        }
+    };
+    let utc = humantime::parse_rfc3339(&format!("{local}Z")).unwrap();
+    utc.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - offset
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The Jobs a CronJob controls, by name (so by scheduled minute).
+fn jobs_of(kubeconfig: &Path, cron_job: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value =
+        serde_json::from_str(&kubectl_ok(kubeconfig, &["get", "jobs", "-o", "json"])).unwrap();
+    let mut jobs: Vec<serde_json::Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|job| {
+            job["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|owners| {
+                    owners.iter().any(|owner| {
+                        owner["kind"] == "CronJob"
+                            && owner["name"] == cron_job
+                            && owner["controller"] == true
+                    })
+                })
+        })
+        .cloned()
+        .collect();
+    jobs.sort_by_key(|job| job["metadata"]["name"].as_str().unwrap().to_owned());
+    jobs
+}
+
+fn has_condition(object: &serde_json::Value, kind: &str) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == kind && c["status"] == "True")
+        })
+}
+
+/// The scheduled minute (since the epoch) in a CronJob's Job name.
+fn scheduled_minute(job: &serde_json::Value, cron_job: &str) -> i64 {
+    let name = job["metadata"]["name"].as_str().unwrap();
+    name.strip_prefix(&format!("{cron_job}-"))
+        .and_then(|minute| minute.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not named by its minute"))
+}
+
+#[test]
+fn cron_jobs_run_each_minute_in_their_zone_keep_history_forbid_overlaps_and_suspend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let events_of = |name: &str| {
+        run(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ])
+    };
+    // Scheduled times are only met on time once the controller runs (its WasmPlugin is made
+    // by the controller manager once it starts).
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the built-in WasmPlugin",
+        || {
+            kubectl(&kubeconfig, &["get", "wasmplugin", "cronjob-controller"])
+                .0
+                .then_some(())
+        },
+    );
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/cronjob-controller",
+        "--timeout=60s",
+    ]);
+    let workload = builtin_module(dir.path(), "workload");
+    let cron_job = |name: &str, spec: &str, args: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: {name}}}\nspec:\n  schedule: \"* * * * *\"\n{spec}  jobTemplate:\n    metadata:\n      labels: {{cron: {name}}}\n      annotations: {{team: batch}}\n    spec:\n      backoffLimit: 0\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - {{name: main, image: {}, args: {args}}}\n---\n",
+            workload.display()
+        )
+    };
+    let manifest = [
+        cron_job(
+            "tick",
+            "  timeZone: Europe/Paris\n  successfulJobsHistoryLimit: 2\n",
+            "[print, tick]",
+        ),
+        cron_job("fails", "  failedJobsHistoryLimit: 1\n", "[exit, \"1\"]"),
+        // Runs across the next two minute boundaries, so Forbid has times to skip.
+        cron_job(
+            "slow",
+            "  concurrencyPolicy: Forbid\n",
+            "[sleep, \"150000\"]",
+        ),
+    ]
+    .concat();
+    apply_manifest(&kubeconfig, dir.path(), "cronjobs.yaml", &manifest);
+    let tick = object_json(&kubeconfig, "cronjob", "tick");
+    let created = epoch_seconds(tick["metadata"]["creationTimestamp"].as_str().unwrap());
+    let a_minute_and_more = std::time::Duration::from_secs(150);
+
+    // The first Job comes at the next minute boundary, named by its minute since the epoch,
+    // made from the template and stamped with its scheduled time in Paris.
+    let first = eventually(a_minute_and_more, "tick's first job", || {
+        jobs_of(&kubeconfig, "tick").into_iter().next()
+    });
+    let first_name = first["metadata"]["name"].as_str().unwrap().to_owned();
+    let scheduled = scheduled_minute(&first, "tick") * 60;
+    assert!(
+        scheduled > created && scheduled <= created + 60,
+        "{first_name} for a cronjob created at {created}"
+    );
+    let made = epoch_seconds(first["metadata"]["creationTimestamp"].as_str().unwrap());
+    assert!(made - scheduled < 15, "{first_name} made at {made}");
+    let annotations = &first["metadata"]["annotations"];
+    let stamp = annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .as_str()
+        .unwrap();
+    assert!(
+        stamp.ends_with("+01:00") || stamp.ends_with("+02:00"),
+        "{stamp} is not Paris time"
+    );
+    assert_eq!(epoch_seconds(stamp), scheduled, "{stamp}");
+    assert_eq!(annotations["team"], "batch");
+    assert_eq!(first["metadata"]["labels"]["cron"], "tick");
+    let owner = &first["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "CronJob");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["uid"], tick["metadata"]["uid"]);
+    let status = eventually(a_minute_and_more, "tick's first job done", || {
+        let status = object_json(&kubeconfig, "cronjob", "tick")["status"].clone();
+        status["lastSuccessfulTime"].is_string().then_some(status)
+    });
+    assert!(epoch_seconds(status["lastScheduleTime"].as_str().unwrap()) >= scheduled);
+    let events = events_of("tick");
+    assert!(
+        events.contains(&format!("Created job {first_name}")) && events.contains("SawCompletedJob"),
+        "{events}"
+    );
+
+    // Forbid: while the first slow Job runs, the next minute starts none.
+    let events = eventually(a_minute_and_more, "slow's next minute skipped", || {
+        let events = events_of("slow");
+        events.contains("JobAlreadyActive").then_some(events)
+    });
+    let slow = jobs_of(&kubeconfig, "slow");
+    assert_eq!(slow.len(), 1, "{events}\n{slow:?}");
+    assert!(!has_condition(&slow[0], "Complete"), "{slow:?}");
+    let slow_first = slow[0]["metadata"]["name"].as_str().unwrap().to_owned();
+
+    // History: of tick's successful Jobs the two newest stay, of fails' failed ones the newest.
+    let kept = eventually(
+        std::time::Duration::from_secs(240),
+        "tick's history pruned to two",
+        || {
+            let jobs = jobs_of(&kubeconfig, "tick");
+            let settled = jobs.len() == 2
+                && jobs.iter().all(|job| has_condition(job, "Complete"))
+                && jobs[0]["metadata"]["name"] != first_name.as_str();
+            settled.then_some(jobs)
+        },
+    );
+    assert_eq!(
+        scheduled_minute(&kept[1], "tick") - scheduled_minute(&kept[0], "tick"),
+        1,
+        "{kept:?}"
+    );
+    assert!(
+        events_of("tick").contains(&format!("Deleted job {first_name}")),
+        "{}",
+        events_of("tick")
+    );
+    eventually(
+        std::time::Duration::from_secs(150),
+        "fails' history pruned to one",
+        || {
+            let jobs = jobs_of(&kubeconfig, "fails");
+            let settled = jobs.len() == 1
+                && has_condition(&jobs[0], "Failed")
+                && events_of("fails").contains("SuccessfulDelete");
+            settled.then_some(())
+        },
+    );
+
+    // Once the first slow Job finished, the latest time it skipped starts: never two at once.
+    let slow = eventually(
+        std::time::Duration::from_secs(200),
+        "slow's skipped time started late",
+        || {
+            let jobs = jobs_of(&kubeconfig, "slow");
+            (jobs.len() == 2 && jobs[1]["status"]["startTime"].is_string()).then_some(jobs)
+        },
+    );
+    assert_eq!(slow[0]["metadata"]["name"], slow_first.as_str());
+    assert!(scheduled_minute(&slow[1], "slow") > scheduled_minute(&slow[0], "slow") + 1);
+    let finished = epoch_seconds(slow[0]["status"]["completionTime"].as_str().unwrap());
+    let started = epoch_seconds(slow[1]["status"]["startTime"].as_str().unwrap());
+    assert!(started >= finished, "{slow:?}");
+
+    // Suspended, tick starts nothing past the next minute boundary.
+    run(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    let suspended = unix_now();
+    let after_boundary = (suspended / 60 + 1) * 60 + 20;
+    std::thread::sleep(std::time::Duration::from_secs(
+        (after_boundary - unix_now()).max(0) as u64,
+    ));
+    // A little slack: the patch reaches the controller's cache a moment later.
+    let latest = jobs_of(&kubeconfig, "tick")
+        .iter()
+        .map(|job| scheduled_minute(job, "tick") * 60)
+        .max()
+        .unwrap();
+    assert!(
+        latest <= suspended + 5,
+        "a job for {latest} after suspending at {suspended}"
+    );
+    let status = object_json(&kubeconfig, "cronjob", "tick")["status"].clone();
+    assert!(epoch_seconds(status["lastScheduleTime"].as_str().unwrap()) <= suspended + 5);
+
+    // A Job made from the CronJob by hand runs, and counts in its history: the oldest goes.
+    run(&["create", "job", "--from=cronjob/tick", "tick-manual"]);
+    run(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/tick-manual",
+        "--timeout=90s",
+    ]);
+    let manual = object_json(&kubeconfig, "job", "tick-manual");
+    assert_eq!(
+        manual["metadata"]["ownerReferences"][0]["uid"],
+        tick["metadata"]["uid"]
+    );
+    assert_eq!(manual["metadata"]["labels"]["cron"], "tick");
+    assert_eq!(
+        manual["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    eventually(
+        std::time::Duration::from_secs(60),
+        "tick's oldest job pruned for the manual one",
+        || {
+            let names: Vec<String> = jobs_of(&kubeconfig, "tick")
+                .iter()
+                .map(|job| job["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect();
+            (names.len() == 2 && names.contains(&"tick-manual".to_owned())).then_some(())
+        },
+    );
+}
+
 /// The pods of `app` that are not being deleted.
 fn live_pods(kubeconfig: &Path, app: &str) -> Vec<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(&kubectl_ok(

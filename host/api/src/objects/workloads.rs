@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_cron::Schedule;
 use serde_json::{Value, json};
 
 use super::{
-    Causes, Field, changed_except, cron, entries, immutable, invalid_each, is_set, items, labels,
+    Causes, Field, changed_except, entries, immutable, invalid_each, is_set, items, labels,
     nonnegative, one_of, pod,
 };
 use crate::defaults::JOB_CONTROLLER_UID_LABEL;
@@ -386,7 +387,7 @@ fn schedule(schedule: &Field, out: &mut Causes) {
         out.push(schedule.required());
         return;
     };
-    if let Err(error) = cron::check(text) {
+    if let Err(error) = Schedule::parse(text) {
         out.push(schedule.invalid(&error));
     }
     if text.contains("TZ") {
