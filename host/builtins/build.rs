@@ -44,7 +44,7 @@ const CONTROLLERS: &[&str] = &[
 ];
 
 /// Controllers embedded only with the `testing` feature.
-const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller"];
+const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller", "website-operator"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

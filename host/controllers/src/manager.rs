@@ -329,7 +329,18 @@ impl Slot {
         }
         let slot = self.clone();
         tokio::spawn(self.stop.clone().run_until_cancelled_owned(async move {
-            match slot.load(spec.clone()).await {
+            let loaded = slot.load(spec.clone()).await;
+            // A spec offered meanwhile is loading too: this one is stale, whichever ends first.
+            let still_wanted = slot
+                .wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                == Some(&spec);
+            if !still_wanted {
+                return;
+            }
+            match loaded {
                 Ok(version) => slot.serve(version),
                 Err(error) => {
                     tracing::warn!(plugin = slot.name, "controller not loaded: {error}");

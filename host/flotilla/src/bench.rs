@@ -492,3 +492,20 @@ fn report(args: &StoreBenchArgs, fsync: &Histogram<u64>, results: &[(&str, Figur
     }
     out
 }
+
+/// scheduler_perf's nodes, simulated: 4 cpu, 32Gi, 110 pods, over 10 zones, pods left unrun
+/// (only their placement counts).
+pub(crate) fn perf_nodes(count: usize) -> flotilla_node::simulate::Options {
+    flotilla_node::simulate::Options {
+        count,
+        prefix: "node-".into(),
+        cpu: "4".into(),
+        memory: "32Gi".into(),
+        pods: 110,
+        zones: 10,
+        lease_interval: std::time::Duration::from_secs(60),
+        concurrency: 64,
+        run_pods: false,
+        ..Default::default()
+    }
+}

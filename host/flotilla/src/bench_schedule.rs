@@ -100,19 +100,7 @@ async fn run(
     let server = ServerProcess::start(dir, "embedded")?;
     let client = flotilla_client::connect(&server.kubeconfig).await?;
 
-    let nodes = flotilla_node::simulate::Options {
-        count: args.nodes,
-        prefix: "node-".into(),
-        cpu: "4".into(),
-        memory: "32Gi".into(),
-        pods: 110,
-        zones: 10,
-        lease_interval: Duration::from_secs(60),
-        concurrency: 64,
-        run_pods: false,
-        ..Default::default()
-    };
-    let simulation = flotilla_node::simulate::start(client.clone(), nodes)
+    let simulation = flotilla_node::simulate::start(client.clone(), bench::perf_nodes(args.nodes))
         .await
         .context("cannot register the simulated nodes")?;
 

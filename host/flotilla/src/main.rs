@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_api;
+mod bench_deployment;
 mod bench_pods;
 mod bench_schedule;
 mod components;
@@ -155,6 +156,9 @@ enum BenchCommand {
     /// Workload benchmark (W4, W5): pod bursts on a real and a simulated node, cold starts in
     /// the agent's runtime against raw wasmtime, memory per idle pod.
     Pods(bench_pods::PodsBenchArgs),
+    /// Controller benchmark (W9): a Deployment burst on simulated nodes through the built-in
+    /// controllers, next to the same pods created directly.
+    Deployment(bench_deployment::DeploymentBenchArgs),
 }
 
 /// `--compaction-window` in seconds; 0 turns automatic compaction off.
@@ -197,6 +201,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 what: BenchCommand::Schedule(args),
             } => bench_schedule::schedule(args).await,
+            Command::Bench {
+                what: BenchCommand::Deployment(args),
+            } => bench_deployment::deployment(args).await,
             Command::Bench {
                 what: BenchCommand::Pods(args),
             } => bench_pods::pods(args).await,

@@ -3101,6 +3101,275 @@ fn a_daemon_set_follows_nodes_as_they_join_leave_and_change() {
     assert!(env.is_null(), "{env}");
 }
 
+/// The greeting of every Running pod the website operator made for `website`.
+fn website_greetings(kubeconfig: &Path, website: &str) -> Vec<String> {
+    let selector =
+        format!("app.kubernetes.io/name={website},app.kubernetes.io/managed-by=website-operator");
+    let list: serde_json::Value = serde_json::from_str(&kubectl_ok(
+        kubeconfig,
+        &["get", "pods", "-l", &selector, "-o", "json"],
+    ))
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["status"]["phase"] == "Running")
+        .map(|p| {
+            let ip = p["status"]["podIP"].as_str().unwrap();
+            let answer = get_http(&format!("{ip}:8080")).unwrap_or_default();
+            answer
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn an_operator_from_examples_serves_its_custom_resource_and_is_hot_swapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, _cidr) = cluster_with_node(dir.path());
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let hello = builtin_module(dir.path(), "hello-http");
+    let operator = builtin_module(dir.path(), "website-operator");
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+
+    // The kind first; the garbage collector follows it, so a Website's objects go with it.
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/website-operator/website-crd.yaml"
+    );
+    run(&["apply", "-f", crd]);
+    run(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/websites.example.flotilla.dev",
+        "--timeout=30s",
+    ]);
+    run(&[
+        "patch",
+        "wasmplugin",
+        "garbage-collector",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"config":{"kinds":[{"apiVersion":"example.flotilla.dev/v1","kind":"Website"}]}}}"#,
+    ]);
+
+    let image = hello.to_str().unwrap();
+    push_plugin(
+        &kubeconfig,
+        &operator,
+        "website-operator",
+        "controller",
+        Some(&serde_json::json!({"image": image}).to_string()),
+    );
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/website-operator",
+        "--timeout=60s",
+    ]);
+
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "website.yaml",
+        "apiVersion: example.flotilla.dev/v1\nkind: Website\nmetadata: {name: hello}\nspec:\n  replicas: 2\n  greeting: the operator\n",
+    );
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=2",
+        "website/hello",
+        "--timeout=120s",
+    ]);
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "website/hello",
+        "--timeout=60s",
+    ]);
+    let website = object_json(&kubeconfig, "website", "hello");
+    // The CRD's default.
+    assert_eq!(website["spec"]["port"], 8080, "{website}");
+    let status = &website["status"];
+    assert_eq!(status["url"], "http://hello.default.svc:8080", "{status}");
+    assert_eq!(status["operatorVersion"], "1.0.0", "{status}");
+    assert_eq!(
+        status["observedGeneration"], website["metadata"]["generation"],
+        "{status}"
+    );
+
+    // A Deployment and a Service, owned by the Website, labelled and annotated.
+    let deployment = object_json(&kubeconfig, "deployment", "hello");
+    let service = object_json(&kubeconfig, "service", "hello");
+    for object in [&deployment, &service] {
+        let owner = &object["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Website", "{object}");
+        assert_eq!(owner["controller"], true, "{object}");
+        assert_eq!(owner["uid"], website["metadata"]["uid"], "{object}");
+        let metadata = &object["metadata"];
+        assert_eq!(
+            metadata["labels"]["app.kubernetes.io/managed-by"], "website-operator",
+            "{object}"
+        );
+        assert_eq!(
+            metadata["annotations"]["example.flotilla.dev/operator-version"], "1.0.0",
+            "{object}"
+        );
+    }
+    assert_eq!(deployment["spec"]["replicas"], 2, "{deployment}");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080, "{service}");
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/name"], "hello",
+        "{service}"
+    );
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the pods' greetings",
+        || {
+            let answers = website_greetings(&kubeconfig, "hello");
+            (answers.len() == 2 && answers.iter().all(|a| a == "Hello from the operator!"))
+                .then_some(())
+        },
+    );
+
+    // Scaled through the Website.
+    run(&[
+        "patch",
+        "website",
+        "hello",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=3",
+        "website/hello",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        object_json(&kubeconfig, "deployment", "hello")["spec"]["replicas"],
+        3
+    );
+
+    // A deleted Deployment comes back.
+    let deleted = deployment["metadata"]["uid"].clone();
+    run(&["delete", "deployment", "hello"]);
+    eventually(
+        std::time::Duration::from_secs(120),
+        "the Deployment made again, its pods ready",
+        || {
+            let (found, stdout, _) =
+                kubectl(&kubeconfig, &["get", "deployment", "hello", "-o", "json"]);
+            let made: serde_json::Value = serde_json::from_str(&stdout).ok().filter(|_| found)?;
+            let website = object_json(&kubeconfig, "website", "hello");
+            (made["metadata"]["uid"] != deleted
+                && made["status"]["readyReplicas"] == 3
+                && website["status"]["readyReplicas"] == 3)
+                .then_some(())
+        },
+    );
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Website,involvedObject.name=hello",
+    ]);
+    assert!(events.contains("Created Deployment hello"), "{events}");
+    assert!(
+        events.contains("Updated Deployment hello: spec.replicas"),
+        "{events}"
+    );
+
+    // Hot swap: the same module with another configuration. The Website does not change; the
+    // new version reports itself and rolls the pods out to its greeting.
+    let before = object_json(&kubeconfig, "website", "hello");
+    push_plugin(
+        &kubeconfig,
+        &operator,
+        "website-operator",
+        "controller",
+        Some(
+            &serde_json::json!({"image": image, "greetingSuffix": " (v2)", "version": "2.0.0"})
+                .to_string(),
+        ),
+    );
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.operatorVersion}=2.0.0",
+        "website/hello",
+        "--timeout=60s",
+    ]);
+    eventually(
+        std::time::Duration::from_secs(120),
+        "the new greeting from every pod",
+        || {
+            let answers = website_greetings(&kubeconfig, "hello");
+            (answers.len() == 3 && answers.iter().all(|a| a == "Hello from the operator (v2)!"))
+                .then_some(())
+        },
+    );
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "website/hello",
+        "--timeout=120s",
+    ]);
+    let after = object_json(&kubeconfig, "website", "hello");
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(
+        after["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    let deployment = object_json(&kubeconfig, "deployment", "hello");
+    assert_eq!(
+        deployment["metadata"]["annotations"]["example.flotilla.dev/operator-version"],
+        "2.0.0"
+    );
+    run(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmplugin/website-operator",
+        "--timeout=30s",
+    ]);
+
+    // The printer columns.
+    let listed = run(&["get", "websites"]);
+    let mut lines = listed.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "REPLICAS", "READY", "URL", "OPERATOR", "AGE"],
+        "{listed}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["hello", "3", "3", "http://hello.default.svc:8080", "2.0.0"],
+        "{listed}"
+    );
+
+    // Deleting the Website deletes what it owned.
+    run(&["delete", "website", "hello"]);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the Deployment and Service collected",
+        || {
+            let gone = |kind: &str| !kubectl(&kubeconfig, &["get", kind, "hello"]).0;
+            (gone("deployment") && gone("service")).then_some(())
+        },
+    );
+}
+
 /// The pods of a Job, as kubectl lists them.
 fn job_pods(kubeconfig: &Path, job: &str) -> Vec<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(&kubectl_ok(

@@ -20,6 +20,7 @@
 
 use std::time::Duration;
 
+use controller_common::revision::normalized;
 use controller_common::*;
 use flotilla_sdk::cache;
 use flotilla_sdk::controller::*;
@@ -65,29 +66,6 @@ fn created(object: &Value) -> i64 {
         .as_str()
         .and_then(parse_time)
         .unwrap_or(0)
-}
-
-/// A value with nulls, empty objects and empty lists left out: how Kubernetes' semantic
-/// equality sees unset fields (`creationTimestamp: null` in a template is no difference).
-fn normalized(value: &Value) -> Option<Value> {
-    match value {
-        Value::Null => None,
-        Value::Object(map) => {
-            let map: Map<String, Value> = map
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), normalized(v)?)))
-                .collect();
-            (!map.is_empty()).then_some(Value::Object(map))
-        }
-        Value::Array(items) => {
-            let items: Vec<Value> = items
-                .iter()
-                .map(|v| normalized(v).unwrap_or(Value::Null))
-                .collect();
-            (!items.is_empty()).then_some(Value::Array(items))
-        }
-        other => Some(other.clone()),
-    }
 }
 
 /// A pod template without the `pod-template-hash` label, normalized, for comparing and
