@@ -503,7 +503,7 @@ pub(crate) fn perf_nodes(count: usize) -> flotilla_node::simulate::Options {
         memory: "32Gi".into(),
         pods: 110,
         zones: 10,
-        lease_interval: std::time::Duration::from_secs(60),
+        lease_interval: Duration::from_secs(60),
         concurrency: 64,
         run_pods: false,
         ..Default::default()

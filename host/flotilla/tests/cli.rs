@@ -1553,6 +1553,41 @@ fn schedule_benchmark_reports_wasm_next_to_native() {
     assert!(stdout.contains("\nHot swap: "), "{stdout}");
 }
 
+#[test]
+fn deployment_benchmark_reports_the_controllers_next_to_direct_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FLOTILLA)
+        .args([
+            "bench",
+            "deployment",
+            "--nodes",
+            "10",
+            "--replicas",
+            "60",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "| Deployment (WASM controllers) |",
+        "| pods created by the clients (peer) |",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row} in {stdout}"));
+        let rate: f64 = line.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(rate > 0.0, "{line}");
+    }
+}
+
 /// Polls `probe` until it gives a value or `limit` passes, then fails naming `what`.
 fn eventually<T>(
     limit: std::time::Duration,
