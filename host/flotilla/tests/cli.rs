@@ -1522,31 +1522,42 @@ spec:
     assert!(events.contains("Scheduled"), "{events}");
 }
 
-#[test]
-fn schedule_benchmark_reports_wasm_next_to_native() {
+/// `flotilla bench ARGS --dir DIR` run to success: its report.
+fn bench_report(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(FLOTILLA)
-        .args([
-            "bench", "schedule", "--nodes", "20", "--pods", "40", "--dir",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--dir")
         .arg(dir.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+/// The report's table row that starts with `start`.
+fn report_row<'a>(report: &'a str, start: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("{start} in {report}"))
+}
+
+#[test]
+fn schedule_benchmark_reports_wasm_next_to_native() {
+    let stdout = bench_report(&["schedule", "--nodes", "20", "--pods", "40"]);
     for row in [
         "| WASM |",
         "| native (peer) |",
         "| WASM, scoring hot-swapped at 50% |",
     ] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(row))
-            .unwrap_or_else(|| panic!("{row} in {stdout}"));
+        let line = report_row(&stdout, row);
         // Every pod bound, none failed, no binding refused.
         assert!(line.contains("| 40 | 0 | 0 |"), "{line}");
     }
@@ -1555,34 +1566,12 @@ fn schedule_benchmark_reports_wasm_next_to_native() {
 
 #[test]
 fn deployment_benchmark_reports_the_controllers_next_to_direct_creates() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(FLOTILLA)
-        .args([
-            "bench",
-            "deployment",
-            "--nodes",
-            "10",
-            "--replicas",
-            "60",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = bench_report(&["deployment", "--nodes", "10", "--replicas", "60"]);
     for row in [
         "| Deployment (WASM controllers) |",
         "| pods created by the clients (peer) |",
     ] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(row))
-            .unwrap_or_else(|| panic!("{row} in {stdout}"));
+        let line = report_row(&stdout, row);
         let rate: f64 = line.split('|').nth(2).unwrap().trim().parse().unwrap();
         assert!(rate > 0.0, "{line}");
     }
