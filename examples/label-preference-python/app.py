@@ -16,7 +16,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import config, log, scheduling
 
-WIT_VERSION = "0.1.0"
+WIT_VERSION = "0.1.1"
 nodes = {}
 settings = {}
 

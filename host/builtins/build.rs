@@ -41,6 +41,7 @@ const CONTROLLERS: &[&str] = &[
     "daemonset-controller",
     "statefulset-controller",
     "cronjob-controller",
+    "namespace-controller",
 ];
 
 /// Controllers embedded only with the `testing` feature.

@@ -132,6 +132,27 @@ pub struct Event {
     pub message: String,
 }
 
+/// A kind the API server serves, as discovery lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiResource {
+    pub api_version: String,
+    pub kind: String,
+    /// The plural name in URLs (`pods`).
+    pub resource: String,
+    pub namespaced: bool,
+    /// `get`, `list`, `delete`, `deletecollection`, …
+    pub verbs: Vec<String>,
+}
+
+/// What is left of a collection after [`api::delete_collection`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Remaining {
+    /// Objects still there: being deleted, held by finalizers or a grace period.
+    pub count: u32,
+    /// The finalizers holding them, with how many objects each holds.
+    pub finalizers: Vec<(String, u32)>,
+}
+
 /// A controller. One value lives in the plugin's instance; the host calls it one key at a time
 /// per instance.
 pub trait Controller: Sized + 'static {
@@ -167,7 +188,7 @@ pub trait Singleton: Controller {
 /// Writes through the API server, as the plugin's identity.
 #[cfg(all(target_arch = "wasm32", feature = "controller"))]
 pub mod api {
-    use super::{DeleteOptions, Event, ObjectRef, PatchType, Status};
+    use super::{ApiResource, DeleteOptions, Event, ObjectRef, PatchType, Remaining, Status};
     use crate::convert::{status, wit_object_ref};
     use crate::imports::api;
 
@@ -214,6 +235,43 @@ pub mod api {
             message: event.message.clone(),
         })
         .map_err(status)
+    }
+
+    /// The kinds the API server serves now, custom resources included.
+    pub fn resources() -> Result<Vec<ApiResource>, Status> {
+        Ok(api::resources()
+            .map_err(status)?
+            .into_iter()
+            .map(|r| ApiResource {
+                api_version: r.api_version,
+                kind: r.kind,
+                resource: r.resource,
+                namespaced: r.namespaced,
+                verbs: r.verbs,
+            })
+            .collect())
+    }
+
+    /// Deletes every object of a kind in a namespace (or all, `None`) that matches a label
+    /// selector, and says what is left.
+    pub fn delete_collection(
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<Remaining, Status> {
+        let left =
+            api::delete_collection(api_version, kind, namespace, label_selector).map_err(status)?;
+        Ok(Remaining {
+            count: left.count,
+            finalizers: left.finalizers,
+        })
+    }
+
+    /// Replaces a subresource that takes a whole object (`status`, `finalize`, `scale`); the
+    /// object's `metadata.resourceVersion` is the precondition.
+    pub fn update_subresource(object: &str, subresource: &str) -> Result<String, Status> {
+        api::update_subresource(object, subresource).map_err(status)
     }
 }
 

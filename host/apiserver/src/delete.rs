@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use flotilla_api::{Status, StatusReason};
-use flotilla_store::{KeyValue, RangeRequest, StoreExt, TxnOutcome};
+use flotilla_store::{RangeRequest, StoreExt, TxnOutcome};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -214,11 +214,7 @@ pub(crate) async fn delete_key(
             .await?
         {
             TxnOutcome::Applied { kv: Some(kv), .. } => {
-                let object = decode(&kv)?;
-                if namespace {
-                    server.terminate_namespace(name.to_owned());
-                }
-                return Ok(object);
+                return decode(&kv);
             }
             _ => continue,
         }
@@ -304,23 +300,6 @@ pub(crate) fn refuse_in_terminating(namespace: &Value, name: &str) -> Result<(),
     )))
 }
 
-/// Deletes everything in a terminating namespace, waits until it is gone (pods may stop
-/// gracefully, finalizers may hold objects), then removes the namespace's own finalizer so it
-/// goes too.
-pub(crate) async fn finalize_namespace(
-    server: &ApiServer,
-    namespace: &str,
-) -> Result<(), ApiError> {
-    let namespaced: Vec<ResourceDef> = server
-        .resources()
-        .iter()
-        .filter(|r| r.namespaced)
-        .cloned()
-        .collect();
-    delete_everything(server, &namespaced, Some(namespace)).await?;
-    remove_namespace_finalizer(server, namespace).await
-}
-
 /// Deletes every object of `resources` (in `namespace`, or everywhere) and waits until they are
 /// gone: pods may stop gracefully and finalizers may hold objects for a while.
 pub(crate) async fn delete_everything(
@@ -359,45 +338,4 @@ pub(crate) async fn delete_everything(
         let mut changes = server.store.watch("/registry/", from).await?;
         let _ = changes.next().await;
     }
-}
-
-async fn remove_namespace_finalizer(server: &ApiServer, namespace: &str) -> Result<(), ApiError> {
-    let resource = server
-        .find("", "v1", "namespaces")
-        .expect("namespaces are served");
-    let key = resource.key(None, namespace);
-    for _ in 0..ATTEMPTS {
-        let Some(current): Option<KeyValue> = server.store.get(&key, None).await?.0 else {
-            return Ok(());
-        };
-        let mut object = decode(&current)?;
-        let spec_finalizers: Vec<Value> = object["spec"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|f| f != NAMESPACE_FINALIZER)
-            .collect();
-        object["spec"]["finalizers"] = json!(spec_finalizers);
-        let done = spec_finalizers.is_empty() && finalizers(&object).is_empty();
-        let outcome = if done {
-            server
-                .store
-                .delete(&key, Some(current.mod_revision))
-                .await?
-        } else {
-            server
-                .store
-                .update(&key, encode(&object), current.mod_revision, None)
-                .await?
-        };
-        if let TxnOutcome::Applied { .. } = outcome {
-            return Ok(());
-        }
-    }
-    Err(ApiError::from(Status::conflict(
-        "",
-        "namespaces",
-        namespace,
-    )))
 }

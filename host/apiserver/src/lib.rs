@@ -284,46 +284,8 @@ impl ApiServer {
                 }
             }
         }
-        // Namespaces that were terminating when the server stopped carry on.
-        let page = self
-            .store
-            .range(RangeRequest::prefix(resource.prefix(None)))
-            .await?;
-        for kv in &page.kvs {
-            let namespace = decode(kv)?;
-            if namespace["metadata"]["deletionTimestamp"].is_string()
-                && let Some(name) = namespace["metadata"]["name"].as_str()
-            {
-                self.terminate_namespace(name.to_owned());
-            }
-        }
         self.install_own_definitions().await?;
         self.reload_custom_resources().await
-    }
-
-    /// Deletes what is in a terminating namespace, then the namespace, in the background.
-    fn terminate_namespace(&self, namespace: String) {
-        let Some(server) = self.me.upgrade() else {
-            return;
-        };
-        if !self
-            .terminating
-            .lock()
-            .expect("terminating lock")
-            .insert(namespace.clone())
-        {
-            return;
-        }
-        tokio::spawn(async move {
-            if let Err(error) = delete::finalize_namespace(&server, &namespace).await {
-                tracing::warn!(namespace, error = %error.0.message, "namespace termination stopped; it resumes at the next start");
-            }
-            server
-                .terminating
-                .lock()
-                .expect("terminating lock")
-                .remove(&namespace);
-        });
     }
 
     /// The schemas as they are now.
@@ -614,7 +576,7 @@ fn resolve<'a>(resources: &'a [ResourceDef], path: &str) -> Result<Option<Target
 }
 
 /// Subresources of a namespace: `namespaces/<name>/<these>` is not a collection in it.
-const SUBRESOURCES: &[&str] = &["status"];
+const SUBRESOURCES: &[&str] = &["status", "finalize"];
 
 fn rest_with<'a>(first: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec![first];
@@ -886,7 +848,7 @@ async fn handle(server: &Arc<ApiServer>, request: Request, query: Query) -> ApiR
         return match (subresource, method) {
             ("status", Method::GET) => get_object(server, &target, output).await,
             ("scale", Method::GET) => subresources::get_scale(server, &target).await,
-            ("status" | "scale", Method::PUT) => {
+            ("status" | "scale" | "finalize", Method::PUT) => {
                 let body = read_body(request).await?;
                 let object = body::parse_as(&content_type, &body)?;
                 subresources::put(server, &target, view, object).await
@@ -1322,6 +1284,10 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     if let Some(status) = initial_status(resource) {
         object["status"] = status;
     }
+    if is_namespaces(resource) {
+        // The namespace controller's finalizer, as Kubernetes' create strategy sets it.
+        object["spec"]["finalizers"] = json!([delete::NAMESPACE_FINALIZER]);
+    }
     let metadata = &mut object["metadata"];
     metadata["creationTimestamp"] = json!(now_rfc3339());
     metadata["generation"] = json!(1);
@@ -1472,6 +1438,25 @@ async fn replace(
             set_or_remove(&mut object, "status", existing.get("status").cloned());
         }
     }
+    if is_namespaces(resource) {
+        // `spec.finalizers` changes through `namespaces/<name>/finalize` only, and that
+        // changes nothing else.
+        let finalizers = if target.subresource.as_deref() == Some("finalize") {
+            let sent = object["spec"].get("finalizers").cloned();
+            object = existing.clone();
+            sent
+        } else {
+            existing["spec"].get("finalizers").cloned()
+        };
+        match finalizers {
+            Some(finalizers) => object["spec"]["finalizers"] = finalizers,
+            None => {
+                if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("finalizers");
+                }
+            }
+        }
+    }
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
     for field in ["uid", "creationTimestamp", "namespace", "generation"] {
@@ -1504,7 +1489,11 @@ async fn replace(
         let subresource = target.subresource.as_deref().unwrap_or_default();
         apply::track(server, resource, Some(&existing), &mut object, subresource);
     }
-    let completes_deletion = delete::guard_update(&existing, &mut object)?;
+    let completes_deletion = delete::guard_update(&existing, &mut object)?
+        && (!is_namespaces(resource)
+            || object["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty));
     // A write that changes nothing is not a write: same resourceVersion, no watch event.
     if object == existing || request.dry_run {
         return Ok(object);
@@ -1539,6 +1528,10 @@ fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {
             }
         }
     }
+}
+
+fn is_namespaces(resource: &ResourceDef) -> bool {
+    (resource.group, resource.plural) == ("", "namespaces")
 }
 
 /// The status an object starts with, whatever the client sent, as Kubernetes' create

@@ -141,6 +141,7 @@ impl ResourceDef {
                 kind: "Scale",
                 verbs: READ_WRITE,
             }),
+            ("", "namespaces") => all.push(own("finalize", &["update"])),
             ("apps", "deployments" | "replicasets" | "statefulsets") => all.push(Subresource {
                 name: "scale",
                 group: "autoscaling",

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_api::selector::LabelSelector;
-use flotilla_plugin::bindings::api::{Event, PatchType};
+use flotilla_plugin::bindings::api::{ApiResource, Event, PatchType, Remaining};
+use flotilla_plugin::bindings::cache::Selection;
 use flotilla_plugin::bindings::types::ObjectRef;
 use flotilla_plugin::{ApiWriter, CacheReader, Status};
 use kube::api::{
-    Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
     PropagationPolicy,
 };
 use serde_json::{Value, json};
@@ -102,6 +103,84 @@ impl CacheReader for Reader {
             .map(|object| object.to_string())
             .collect())
     }
+
+    async fn query(
+        &self,
+        api_version: &str,
+        kind: &str,
+        selection: Selection,
+    ) -> Result<Vec<String>, Status> {
+        let informer = self.informer_of(api_version, kind)?;
+        let selector: LabelSelector = selection.label_selector.parse().map_err(|e| {
+            bad_object(format!(
+                "label selector {:?}: {e}",
+                selection.label_selector
+            ))
+        })?;
+        let namespace = selection
+            .namespace
+            .as_deref()
+            .filter(|_| informer.namespaced);
+        let matches = |object: &Value| selector.matches(&crate::labels(object));
+        let objects = match &selection.claimable_by {
+            Some(uid) => informer.claimable_by(uid, namespace, matches),
+            None => informer
+                .list(namespace)
+                .into_iter()
+                .filter(|o| matches(o))
+                .collect(),
+        };
+        Ok(objects
+            .iter()
+            .map(|object| {
+                if selection.fields.is_empty() {
+                    object.to_string()
+                } else {
+                    project(object, &selection.fields).to_string()
+                }
+            })
+            .collect())
+    }
+}
+
+/// The fields of `object` at `paths` (dotted), with what names the object.
+fn project(object: &Value, paths: &[String]) -> Value {
+    let mut out = json!({
+        "apiVersion": object["apiVersion"],
+        "kind": object["kind"],
+        "metadata": {},
+    });
+    for field in ["name", "namespace", "uid", "resourceVersion"] {
+        if let Some(value) = object["metadata"].get(field) {
+            out["metadata"][field] = value.clone();
+        }
+    }
+    for path in paths {
+        let mut from = object;
+        let mut found = true;
+        for part in path.split('.') {
+            match from.get(part) {
+                Some(next) => from = next,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if !found {
+            continue;
+        }
+        let mut to = &mut out;
+        let parts: Vec<&str> = path.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !to.get(*part).is_some_and(Value::is_object) {
+                to[*part] = json!({});
+            }
+            to = &mut to[*part];
+        }
+        to[parts[parts.len() - 1]] = from.clone();
+    }
+    out
 }
 
 /// A write's effect that the next reconcile of the same key waits to see in the cache.
@@ -419,5 +498,123 @@ impl ApiWriter for Writer {
             .await
             .map_err(api_status)?;
         Ok(())
+    }
+
+    async fn resources(&self) -> Result<Vec<ApiResource>, Status> {
+        let discovery = kube::Discovery::new(self.client.clone())
+            .run()
+            .await
+            .map_err(api_status)?;
+        Ok(discovery
+            .groups()
+            .flat_map(|group| group.recommended_resources())
+            .map(|(resource, capabilities)| ApiResource {
+                api_version: resource.api_version,
+                kind: resource.kind,
+                resource: resource.plural,
+                namespaced: capabilities.scope == kube::discovery::Scope::Namespaced,
+                verbs: capabilities.operations,
+            })
+            .collect())
+    }
+
+    async fn delete_collection(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<Remaining, Status> {
+        let key = KindKey::new(api_version, kind);
+        let (resource, namespaced) = match self.informers.running(&key) {
+            Some(informer) => (informer.resource.clone(), informer.namespaced),
+            None => crate::informer::discover(&self.client, &key)
+                .await
+                .map_err(|e| status(404, "NotFound", e))?,
+        };
+        let api: Api<DynamicObject> = match namespace.filter(|_| namespaced) {
+            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let list = ListParams::default().labels(label_selector);
+        api.delete_collection(&DeleteParams::default(), &list)
+            .await
+            .map_err(api_status)?;
+        let left = api.list(&list).await.map_err(api_status)?;
+        let mut finalizers: Vec<(String, u32)> = Vec::new();
+        for object in &left.items {
+            for finalizer in object.metadata.finalizers.iter().flatten() {
+                match finalizers.iter_mut().find(|(f, _)| f == finalizer) {
+                    Some((_, count)) => *count += 1,
+                    None => finalizers.push((finalizer.clone(), 1)),
+                }
+            }
+        }
+        finalizers.sort();
+        Ok(Remaining {
+            count: left.items.len() as u32,
+            finalizers,
+        })
+    }
+
+    async fn update_subresource(
+        &self,
+        object: String,
+        subresource: &str,
+    ) -> Result<String, Status> {
+        let (object, api, key, params) = self.target(&object).await?;
+        let name = Self::name_of(&object)?;
+        let body = serde_json::to_vec(&object).map_err(|e| bad_object(e.to_string()))?;
+        let updated = api
+            .replace_subresource(subresource, &name, &params, body)
+            .await
+            .map_err(api_status)?;
+        let json = self.remember(key, &updated)?;
+        if subresource == "finalize" {
+            // The last finalizer may take the object with it.
+            if let Some(expected) = self
+                .written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_mut()
+            {
+                expected.gone_is_later = true;
+            }
+        }
+        Ok(json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_projection_keeps_the_fields_asked_for_and_what_names_the_object() {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "labels": {"app": "web"}, "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        });
+        let fields: Vec<String> = [
+            "metadata.labels",
+            "spec.nodeName",
+            "status.phase",
+            "status.missing",
+        ]
+        .map(str::to_owned)
+        .into();
+        assert_eq!(
+            project(&pod, &fields),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                    "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1"},
+                "status": {"phase": "Running"},
+            })
+        );
     }
 }

@@ -18,7 +18,19 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "daemonset-controller",
     "statefulset-controller",
     "cronjob-controller",
+    "namespace-controller",
 ];
+
+/// The limits a built-in controller gets: a reconcile may read thousands of objects (a
+/// ReplicaSet of 10,000 pods) and write hundreds (one burst of creates), so it has more room
+/// and time than a plugin on a hot path. Set on the WasmPlugin, where users see and change it.
+static BUILTIN_LIMITS: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+    json!({
+        "memoryBytes": 256u64 << 20,
+        "callTimeoutMilliseconds": 30_000,
+        "boundaryBytes": 64u64 << 20,
+    })
+});
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
@@ -39,7 +51,8 @@ pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
                     "apiVersion": format!("{GROUP}/{VERSION}"),
                     "kind": "WasmPlugin",
                     "metadata": {"name": name, "labels": {"plugins.flotilla.dev/builtin": "true"}},
-                    "spec": {"kind": "controller", "module": {"digest": digest, "builtin": name}},
+                    "spec": {"kind": "controller", "module": {"digest": digest, "builtin": name},
+                        "limits": BUILTIN_LIMITS.clone()},
                 }))
                 .map_err(kube::Error::SerdeError)?;
                 conflict_is_fine(plugins.create(&PostParams::default(), &object).await)?;
@@ -48,6 +61,9 @@ pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
                 let module = &current.data["spec"]["module"];
                 if module["builtin"] == *name && module["digest"] != digest.as_str() {
                     current.data["spec"]["module"]["digest"] = json!(digest);
+                    if current.data["spec"].get("limits").is_none() {
+                        current.data["spec"]["limits"] = BUILTIN_LIMITS.clone();
+                    }
                     conflict_is_fine(
                         plugins
                             .replace(name, &PostParams::default(), &current)

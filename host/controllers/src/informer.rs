@@ -2,7 +2,7 @@
 //! one shared cache that every controller reads and subscribes to. An informer starts when
 //! the first controller asks for its kind and runs for as long as the manager does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -71,12 +71,77 @@ pub fn resource_version(object: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// The uid of an object's controller (its owner reference with `controller: true`).
+pub fn controller_uid(object: &Value) -> Option<&str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)?["uid"]
+        .as_str()
+}
+
+/// The objects of one kind, and an index of them by controller uid (`None`: no controller).
+#[derive(Default)]
+struct Objects {
+    all: HashMap<ObjectKey, Arc<Value>>,
+    by_controller: HashMap<Option<String>, BTreeSet<ObjectKey>>,
+}
+
+impl Objects {
+    fn unindex(&mut self, key: &ObjectKey, object: &Value) {
+        let controller = controller_uid(object).map(str::to_owned);
+        if let Some(keys) = self.by_controller.get_mut(&controller) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_controller.remove(&controller);
+            }
+        }
+    }
+
+    fn insert(&mut self, key: ObjectKey, object: Arc<Value>) -> Option<Arc<Value>> {
+        let old = self.all.insert(key.clone(), object.clone());
+        if let Some(old) = &old {
+            self.unindex(&key, old);
+        }
+        self.by_controller
+            .entry(controller_uid(&object).map(str::to_owned))
+            .or_default()
+            .insert(key);
+        old
+    }
+
+    fn remove(&mut self, key: &ObjectKey) -> Option<Arc<Value>> {
+        let old = self.all.remove(key)?;
+        self.unindex(key, &old);
+        Some(old)
+    }
+
+    fn get(&self, key: &ObjectKey) -> Option<&Arc<Value>> {
+        self.all.get(key)
+    }
+
+    /// The objects `controller` controls (or that no controller owns), in one namespace or
+    /// all, in key order.
+    fn controlled_by<'a>(
+        &'a self,
+        controller: Option<&str>,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Arc<Value>)> + 'a {
+        self.by_controller
+            .get(&controller.map(str::to_owned))
+            .into_iter()
+            .flatten()
+            .filter(move |(ns, _)| namespace.is_none() || ns.as_deref() == namespace)
+            .filter_map(|key| Some((key, self.all.get(key)?)))
+    }
+}
+
 /// The cache of one kind and the stream of its changes.
 pub struct Informer {
     pub kind: KindKey,
     pub resource: ApiResource,
     pub namespaced: bool,
-    objects: RwLock<HashMap<ObjectKey, Arc<Value>>>,
+    objects: RwLock<Objects>,
     changes: broadcast::Sender<Change>,
     /// Counts changes applied to `objects`; waiters for a write's effect watch it.
     generation: watch::Sender<u64>,
@@ -95,7 +160,7 @@ impl std::fmt::Debug for Informer {
 const CHANGES_BUFFER: usize = 16 * 1024;
 
 impl Informer {
-    fn objects(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ObjectKey, Arc<Value>>> {
+    fn objects(&self) -> std::sync::RwLockReadGuard<'_, Objects> {
         self.objects.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -108,13 +173,40 @@ impl Informer {
     /// Every object, or those of one namespace.
     pub fn list(&self, namespace: Option<&str>) -> Vec<Arc<Value>> {
         let objects = self.objects();
-        let mut items: Vec<Arc<Value>> = objects
+        let mut items: Vec<(&ObjectKey, &Arc<Value>)> = objects
+            .all
             .iter()
             .filter(|((ns, _), _)| namespace.is_none() || ns.as_deref() == namespace)
-            .map(|(_, object)| object.clone())
             .collect();
-        items.sort_by_key(|a| object_key(a));
+        items.sort_unstable_by(|a, b| a.0.cmp(b.0));
         items
+            .into_iter()
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// The objects a controller may claim, in key order: those it controls, and those no
+    /// controller owns for which `orphan` holds.
+    pub fn claimable_by(
+        &self,
+        uid: &str,
+        namespace: Option<&str>,
+        orphan: impl Fn(&Value) -> bool,
+    ) -> Vec<Arc<Value>> {
+        let objects = self.objects();
+        let mut items: Vec<(&ObjectKey, &Arc<Value>)> = objects
+            .controlled_by(Some(uid), namespace)
+            .chain(
+                objects
+                    .controlled_by(None, namespace)
+                    .filter(|(_, o)| orphan(o)),
+            )
+            .collect();
+        items.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        items
+            .into_iter()
+            .map(|(_, object)| object.clone())
+            .collect()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -190,6 +282,7 @@ impl Informer {
     fn replace(&self, listed: HashMap<ObjectKey, Value>) {
         let gone: Vec<ObjectKey> = self
             .objects()
+            .all
             .keys()
             .filter(|key| !listed.contains_key(*key))
             .cloned()
@@ -321,5 +414,70 @@ impl Informers {
             .unwrap_or_else(|e| e.into_inner())
             .get(kind)
             .and_then(|cell| cell.get().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, namespace: &str, controller: Option<&str>) -> (ObjectKey, Arc<Value>) {
+        let mut pod = json!({"metadata": {"name": name, "namespace": namespace}});
+        if let Some(uid) = controller {
+            pod["metadata"]["ownerReferences"] =
+                json!([{"uid": "other", "controller": false}, {"uid": uid, "controller": true}]);
+        }
+        ((Some(namespace.to_owned()), name.to_owned()), Arc::new(pod))
+    }
+
+    fn names<'a>(items: impl Iterator<Item = (&'a ObjectKey, &'a Arc<Value>)>) -> Vec<String> {
+        items.map(|(key, _)| key.1.clone()).collect()
+    }
+
+    #[test]
+    fn the_controller_index_follows_adoption_release_and_deletion() {
+        let mut objects = Objects::default();
+        for (key, object) in [
+            pod("b", "ns", Some("rs-1")),
+            pod("a", "ns", Some("rs-1")),
+            pod("c", "other", Some("rs-1")),
+            pod("d", "ns", None),
+            pod("e", "ns", Some("rs-2")),
+        ] {
+            objects.insert(key, object);
+        }
+        assert_eq!(
+            names(objects.controlled_by(Some("rs-1"), Some("ns"))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(objects.controlled_by(Some("rs-1"), None)),
+            ["a", "b", "c"]
+        );
+        assert_eq!(names(objects.controlled_by(None, Some("ns"))), ["d"]);
+
+        // Released from rs-1 (the reference removed), adopted by rs-2, then deleted.
+        let (key, released) = pod("a", "ns", None);
+        objects.insert(key, released);
+        assert_eq!(
+            names(objects.controlled_by(Some("rs-1"), Some("ns"))),
+            ["b"]
+        );
+        assert_eq!(names(objects.controlled_by(None, Some("ns"))), ["a", "d"]);
+        let (key, adopted) = pod("a", "ns", Some("rs-2"));
+        objects.insert(key.clone(), adopted);
+        assert_eq!(
+            names(objects.controlled_by(Some("rs-2"), Some("ns"))),
+            ["a", "e"]
+        );
+        assert_eq!(names(objects.controlled_by(None, Some("ns"))), ["d"]);
+        objects.remove(&key);
+        assert_eq!(
+            names(objects.controlled_by(Some("rs-2"), Some("ns"))),
+            ["e"]
+        );
+        objects.remove(&(Some("ns".into()), "e".into()));
+        assert!(!objects.by_controller.contains_key(&Some("rs-2".to_owned())));
     }
 }

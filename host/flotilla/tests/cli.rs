@@ -4373,6 +4373,142 @@ fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_orphans() 
     );
 }
 
+/// The namespace controller (a plugin) empties a deleted namespace of every kind the API
+/// serves, custom resources included; while a finalizer holds something it says so in the
+/// namespace's conditions, and the namespace goes once that is released.
+#[test]
+fn deleting_a_namespace_empties_it_of_every_kind_and_reports_what_holds_it() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    let manifest = dir.path().join("team.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+",
+    )
+    .unwrap();
+    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=30s",
+    ]);
+    let content = dir.path().join("content.yaml");
+    std::fs::write(
+        &content,
+        "apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1, namespace: team}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: held, namespace: team, finalizers: [example.com/hold]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s1, namespace: team}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: team}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: web.wasm}]}
+",
+    )
+    .unwrap();
+    run(&["apply", "-f", content.to_str().unwrap()]);
+    run(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=2",
+        "deploy/web",
+        "-n",
+        "team",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        run(&[
+            "get",
+            "namespace",
+            "team",
+            "-o",
+            "jsonpath={.spec.finalizers}"
+        ]),
+        r#"["kubernetes"]"#
+    );
+
+    run(&["delete", "namespace", "team", "--wait=false"]);
+    let condition = |kind: &str| {
+        run(&[
+            "get",
+            "namespace",
+            "team",
+            "-o",
+            &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].message}}"),
+        ])
+    };
+    let held = eventually(
+        std::time::Duration::from_secs(60),
+        "the held namespace's conditions",
+        || {
+            let message = condition("NamespaceFinalizersRemaining");
+            message.contains("example.com/hold").then_some(message)
+        },
+    );
+    assert_eq!(
+        held,
+        "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"
+    );
+    assert_eq!(
+        condition("NamespaceContentRemaining"),
+        "Some resources are remaining: configmaps. has 1 resource instances"
+    );
+    assert_eq!(
+        run(&["get", "namespace", "team", "-o", "jsonpath={.status.phase}"]),
+        "Terminating"
+    );
+    for kind in ["widgets", "secrets", "deployments", "replicasets", "pods"] {
+        assert_eq!(
+            run(&["get", kind, "-n", "team", "-o", "name"]).trim(),
+            "",
+            "{kind} are left in the terminating namespace"
+        );
+    }
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["create", "configmap", "late", "-n", "team"]);
+    assert!(!ok && stderr.contains("being terminated"), "{stderr}");
+
+    run(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    run(&["wait", "--for=delete", "namespace/team", "--timeout=60s"]);
+}
+
 #[test]
 fn services_get_endpoints_and_slices_from_their_selector() {
     let dir = tempfile::tempdir().unwrap();

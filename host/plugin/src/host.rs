@@ -37,6 +37,17 @@ pub trait CacheReader: Send + Sync {
         namespace: Option<&str>,
         label_selector: &str,
     ) -> Result<Vec<String>, Status>;
+
+    /// The objects a query selects (`cache.query`).
+    async fn query(
+        &self,
+        api_version: &str,
+        kind: &str,
+        selection: cache::Selection,
+    ) -> Result<Vec<String>, Status> {
+        let _ = (api_version, kind, selection);
+        Err(not_served("cache.query"))
+    }
 }
 
 /// API writes made on a plugin's behalf.
@@ -59,6 +70,42 @@ pub trait ApiWriter: Send + Sync {
         propagation: Option<String>,
     ) -> Result<(), Status>;
     async fn emit_event(&self, event: api::Event) -> Result<(), Status>;
+
+    /// The kinds the API server serves (`api.resources`).
+    async fn resources(&self) -> Result<Vec<api::ApiResource>, Status> {
+        Err(not_served("api.resources"))
+    }
+
+    /// Deletes a collection and says what is left of it (`api.delete-collection`).
+    async fn delete_collection(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<api::Remaining, Status> {
+        let _ = (api_version, kind, namespace, label_selector);
+        Err(not_served("api.delete-collection"))
+    }
+
+    /// Replaces a subresource of an object (`api.update-subresource`).
+    async fn update_subresource(
+        &self,
+        object: String,
+        subresource: &str,
+    ) -> Result<String, Status> {
+        let _ = (object, subresource);
+        Err(not_served("api.update-subresource"))
+    }
+}
+
+/// What a reader or writer answers for a call it does not implement.
+fn not_served(call: &str) -> Status {
+    Status {
+        code: 501,
+        reason: "NotImplemented".into(),
+        message: format!("this host does not serve {call}"),
+    }
 }
 
 /// Per-endpoint load figures the proxy keeps.
@@ -311,6 +358,26 @@ impl cache::Host for HostState {
         })?;
         Ok(result)
     }
+
+    async fn query(
+        &mut self,
+        api_version: String,
+        kind: String,
+        selection: cache::Selection,
+    ) -> wasmtime::Result<Result<Vec<String>, Status>> {
+        let Some(reader) = self.services.cache.clone() else {
+            return Ok(Err(forbidden("cache reads")));
+        };
+        self.charge(selection.fields.iter().map(String::len).sum())?;
+        let result = self
+            .bounded("cache.query", reader.query(&api_version, &kind, selection))
+            .await?;
+        self.charge(match &result {
+            Ok(items) => items.iter().map(String::len).sum(),
+            Err(status) => status.message.len(),
+        })?;
+        Ok(result)
+    }
 }
 
 impl api::Host for HostState {
@@ -386,6 +453,68 @@ impl api::Host for HostState {
         };
         self.charge(event.message.len() + event.reason.len())?;
         self.bounded("api.emit-event", api.emit_event(event)).await
+    }
+
+    async fn resources(&mut self) -> wasmtime::Result<Result<Vec<api::ApiResource>, Status>> {
+        let Some(api) = self.services.api.clone() else {
+            return Ok(Err(forbidden("API writes")));
+        };
+        let result = self.bounded("api.resources", api.resources()).await?;
+        self.charge(match &result {
+            Ok(resources) => resources
+                .iter()
+                .map(|r| {
+                    r.api_version.len()
+                        + r.kind.len()
+                        + r.resource.len()
+                        + r.verbs.iter().map(String::len).sum::<usize>()
+                })
+                .sum(),
+            Err(status) => status.message.len(),
+        })?;
+        Ok(result)
+    }
+
+    async fn delete_collection(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: Option<String>,
+        label_selector: String,
+    ) -> wasmtime::Result<Result<api::Remaining, Status>> {
+        let Some(api) = self.services.api.clone() else {
+            return Ok(Err(forbidden("API writes")));
+        };
+        let result = self
+            .bounded(
+                "api.delete-collection",
+                api.delete_collection(&api_version, &kind, namespace.as_deref(), &label_selector),
+            )
+            .await?;
+        self.charge(match &result {
+            Ok(left) => left.finalizers.iter().map(|(f, _)| f.len() + 4).sum(),
+            Err(status) => status.message.len(),
+        })?;
+        Ok(result)
+    }
+
+    async fn update_subresource(
+        &mut self,
+        object: String,
+        subresource: String,
+    ) -> wasmtime::Result<Result<String, Status>> {
+        let Some(api) = self.services.api.clone() else {
+            return Ok(Err(forbidden("API writes")));
+        };
+        self.charge(object.len())?;
+        let result = self
+            .bounded(
+                "api.update-subresource",
+                api.update_subresource(object, &subresource),
+            )
+            .await?;
+        self.charge(status_len(&result))?;
+        Ok(result)
     }
 }
 

@@ -46,7 +46,7 @@ use host::{HostState, Stop};
 /// The WIT package every plugin is built against.
 pub const WIT_PACKAGE: &str = "flotilla:plugin";
 /// The version of that package this host serves.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -419,7 +419,7 @@ impl Module {
             poisoned: None,
         };
         let info = instance.info().await?;
-        if info.wit_version != WIT_VERSION {
+        if !world::compatible(&info.wit_version) {
             return Err(self.error(Failure::Incompatible {
                 found: info.wit_version,
             }));

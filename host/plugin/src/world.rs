@@ -95,13 +95,29 @@ fn ours(name: &str) -> Option<(&str, &str)> {
     Some(rest.split_once('@').unwrap_or((rest, "")))
 }
 
+/// Whether a plugin built against `version` of the package can run here: the same major and
+/// minor version as this host's, and a patch version no newer. Such versions only add
+/// functions (`wit/VERSIONS`), and wasmtime links a plugin's older imports and exports to
+/// this host's newer ones.
+pub(crate) fn compatible(version: &str) -> bool {
+    fn parts(version: &str) -> Option<(u64, u64, u64)> {
+        let mut it = version.split('.').map(|p| p.parse::<u64>().ok());
+        let parsed = (it.next()??, it.next()??, it.next()??);
+        it.next().is_none().then_some(parsed)
+    }
+    let (Some(found), Some(ours)) = (parts(version), parts(WIT_VERSION)) else {
+        return false;
+    };
+    found.0 == ours.0 && found.1 == ours.1 && found.2 <= ours.2
+}
+
 /// Checks a compiled component against a world, before anything is instantiated.
 pub(crate) fn check(engine: &Engine, component: &Component, world: World) -> Result<(), Failure> {
     let ty = component.component_type();
     let mut exported = Vec::new();
     for (name, _) in ty.exports(engine) {
         if let Some((interface, version)) = ours(name) {
-            if version != WIT_VERSION {
+            if !compatible(version) {
                 return Err(Failure::Incompatible {
                     found: version.to_owned(),
                 });
@@ -125,7 +141,7 @@ pub(crate) fn check(engine: &Engine, component: &Component, world: World) -> Res
     }
     for (name, _) in ty.imports(engine) {
         if let Some((interface, version)) = ours(name) {
-            if version != WIT_VERSION {
+            if !compatible(version) {
                 return Err(Failure::Incompatible {
                     found: version.to_owned(),
                 });
@@ -141,4 +157,27 @@ pub(crate) fn check(engine: &Engine, component: &Component, world: World) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_patch_versions_are_compatible_and_others_are_not() {
+        assert!(compatible(WIT_VERSION));
+        assert!(compatible("0.1.0"));
+        for refused in [
+            "0.1.99",
+            "0.2.0",
+            "1.1.0",
+            "0.0.9",
+            "0.1",
+            "0.1.0-rc1",
+            "",
+            "x.y.z",
+        ] {
+            assert!(!compatible(refused), "{refused} passed as compatible");
+        }
+    }
 }

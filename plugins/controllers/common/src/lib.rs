@@ -63,6 +63,59 @@ pub fn selector_string(selector: &Value) -> Result<String, String> {
     Ok(terms.join(","))
 }
 
+/// Whether an object's labels satisfy a label selector in Kubernetes' string form (what
+/// [`selector_string`] writes: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`,
+/// `!k`, joined by commas). An empty selector matches everything; a term it cannot read
+/// matches nothing.
+pub fn selector_matches(selector: &str, object: &Value) -> bool {
+    let labels = &object["metadata"]["labels"];
+    let label = |key: &str| labels[key.trim()].as_str();
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let set = |rest: &str| -> Option<Vec<String>> {
+                let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+                Some(inner.split(',').map(|v| v.trim().to_owned()).collect())
+            };
+            if let Some((key, rest)) = term.split_once(" notin ") {
+                return set(rest).is_some_and(|values| {
+                    label(key).is_none_or(|v| !values.iter().any(|x| x == v))
+                });
+            }
+            if let Some((key, rest)) = term.split_once(" in ") {
+                return set(rest).is_some_and(|values| {
+                    label(key).is_some_and(|v| values.iter().any(|x| x == v))
+                });
+            }
+            if let Some((key, value)) = term.split_once("!=") {
+                return label(key) != Some(value.trim());
+            }
+            if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                return label(key) == Some(value.trim());
+            }
+            if let Some(key) = term.strip_prefix('!') {
+                return label(key).is_none();
+            }
+            label(term).is_some()
+        })
+}
+
 /// Seconds since the Unix epoch of an RFC 3339 timestamp (`2026-12-01T10:00:00Z`, fractions
 /// and offsets accepted).
 pub fn parse_time(text: &str) -> Option<i64> {
@@ -410,6 +463,45 @@ pub fn deletion_rank(pod: &Value) -> (u8, u8, u8, i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_in_string_form_match_labels_as_kubernetes_does() {
+        let pod = json!({"metadata": {"labels": {"app": "web", "tier": "front", "v": "2"}}});
+        let bare = json!({"metadata": {}});
+        for (selector, on_pod, on_bare) in [
+            ("", true, true),
+            ("app=web", true, false),
+            ("app==web,tier=front", true, false),
+            ("app=db", false, false),
+            ("app!=db", true, true),
+            ("v in (1,2)", true, false),
+            ("v in (1, 3)", false, false),
+            ("v notin (1,3)", true, true),
+            ("v notin (2)", false, true),
+            ("tier", true, false),
+            ("!tier", false, true),
+            ("app=web,v in (2,3),!gone", true, false),
+            ("v in 2", false, false),
+        ] {
+            assert_eq!(
+                selector_matches(selector, &pod),
+                on_pod,
+                "{selector} on the pod"
+            );
+            assert_eq!(
+                selector_matches(selector, &bare),
+                on_bare,
+                "{selector} on no labels"
+            );
+        }
+        let structured = json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "v", "operator": "In", "values": ["2", "3"]},
+                                 {"key": "gone", "operator": "DoesNotExist"}]});
+        assert!(selector_matches(
+            &selector_string(&structured).unwrap(),
+            &pod
+        ));
+    }
 
     fn pod(
         node: Option<&str>,
