@@ -243,7 +243,7 @@ async fn controller(
     config: &str,
 ) -> Controller {
     let module = host
-        .load("namespace-defaults", World::Controller, wasm, None)
+        .load("controller", World::Controller, wasm, None)
         .unwrap();
     let services = Services {
         config: config.into(),
@@ -397,5 +397,48 @@ async fn a_misconfigured_controller_fails_its_self_check() {
     assert_eq!(
         refused.failure,
         Failure::SelfCheck("\"data\" must map keys to strings".into())
+    );
+}
+
+/// A plugin built against the released 0.1.0 files loads in this (newer 0.1.x) host: its
+/// imports link to the host's and its exports are found, and it reports its own version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_built_against_an_earlier_compatible_version_still_runs() {
+    let wasm = flotilla_builtins::find("released-controller")
+        .expect("the testing feature embeds it")
+        .wasm;
+    let host = PluginHost::new(EngineConfig::default()).unwrap();
+    let cluster = Arc::new(Cluster::default());
+    let module = host
+        .load("released-controller", World::Controller, wasm, None)
+        .unwrap();
+    let services = Services {
+        config: "{}".into(),
+        cache: Some(cluster.clone()),
+        api: Some(cluster.clone()),
+        load: None,
+    };
+    let mut instance = module
+        .instantiate(Limits::default(), services)
+        .await
+        .unwrap();
+    assert_eq!(instance.info().await.unwrap().wit_version, "0.1.0");
+    assert_ne!(flotilla_plugin::WIT_VERSION, "0.1.0");
+    instance.self_check().await.unwrap();
+    let mut controller = Controller::new(instance).unwrap();
+    let registration = controller.register().await.unwrap();
+    assert_eq!(registration.primary_kind, "ConfigMap");
+    cluster.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "default"}}));
+    let key = ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some("default".into()),
+        name: "settings".into(),
+    };
+    assert_eq!(controller.reconcile(&key).await.unwrap(), Ok(None));
+    assert_eq!(
+        cluster.events(),
+        ["settings Seen: read through flotilla:plugin@0.1.0"]
     );
 }

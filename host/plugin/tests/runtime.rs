@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use flotilla_builtins as builtins;
 use flotilla_plugin::bindings::scheduling::{Change, Node, Pod, Prepared, Resources};
 use flotilla_plugin::{
-    EngineConfig, Failure, Limits, PluginHost, SchedulerPolicy, Services, World, digest,
+    EngineConfig, Failure, Limits, PluginHost, SchedulerPolicy, Services, WIT_VERSION, World,
+    digest,
 };
 
 fn host() -> PluginHost {
@@ -126,11 +127,12 @@ async fn a_module_is_checked_before_it_is_instantiated() {
     );
 
     // The same component as if built against another version of the package: every
-    // `flotilla:plugin/…@0.1.0` name becomes `@0.9.0` (same length, so still a valid binary).
-    let other = String::from_utf8_lossy(probe.wasm).contains("@0.1.0");
-    assert!(other);
+    // `flotilla:plugin/…@<this version>` name becomes `@0.9.0` (same length, so still a valid
+    // binary).
+    let ours = format!("flotilla:plugin/meta@{WIT_VERSION}");
+    assert!(String::from_utf8_lossy(probe.wasm).contains(&ours));
     let mut patched = probe.wasm.to_vec();
-    let needle = b"flotilla:plugin/meta@0.1.0";
+    let needle = ours.as_bytes();
     let mut at = 0;
     while let Some(i) = patched[at..]
         .windows(needle.len())
@@ -151,9 +153,9 @@ async fn a_module_is_checked_before_it_is_instantiated() {
         "{incompatible}"
     );
     assert!(
-        incompatible
-            .to_string()
-            .contains("was built against flotilla:plugin@0.9.0; this host serves @0.1.0"),
+        incompatible.to_string().contains(&format!(
+            "was built against flotilla:plugin@0.9.0; this host serves @{WIT_VERSION}"
+        )),
         "{incompatible}"
     );
 }
