@@ -28,7 +28,12 @@ const GUESTS: &[&str] = &[
 
 /// Guests embedded only with the `testing` feature: misbehaving plugins for containment tests,
 /// and the examples the end-to-end tests push to a cluster.
-const TESTING_GUESTS: &[&str] = &["misbehave", "blocking", "zone-spread", "released-controller"];
+const TESTING_GUESTS: &[&str] = &[
+    "misbehave",
+    "blocking",
+    "zone-spread",
+    "released-controller",
+];
 
 /// The built-in controllers, in `plugins/controllers`.
 const CONTROLLERS: &[&str] = &[

@@ -197,6 +197,14 @@ pub mod api {
         api::create(object).map_err(status)
     }
 
+    /// Creates objects (JSON) concurrently, as one slow-start batch; each result in order.
+    pub fn create_batch(objects: &[String]) -> Vec<Result<String, Status>> {
+        api::create_batch(objects)
+            .into_iter()
+            .map(|r| r.map_err(status))
+            .collect()
+    }
+
     /// Replaces an object; its `metadata.resourceVersion` is the precondition.
     pub fn update(object: &str) -> Result<String, Status> {
         api::update(object).map_err(status)

@@ -228,6 +228,8 @@ impl std::fmt::Debug for Writer {
 pub struct Writer {
     pub client: kube::Client,
     pub informers: Informers,
+    /// Where events go: queued and filtered per object, off the reconcile's path.
+    pub events: Arc<crate::events::Recorder>,
     /// The field manager and the events' reporting component.
     pub manager: String,
     /// What the current reconcile wrote.
@@ -333,6 +335,10 @@ impl ApiWriter for Writer {
         let (object, api, key, params) = self.target(&object).await?;
         let created = api.create(&params, &object).await.map_err(api_status)?;
         self.remember(key, &created)
+    }
+
+    async fn create_batch(&self, objects: Vec<String>) -> Vec<Result<String, Status>> {
+        futures::future::join_all(objects.into_iter().map(|object| self.create(object))).await
     }
 
     async fn update(&self, object: String) -> Result<String, Status> {
@@ -493,10 +499,18 @@ impl ApiWriter for Writer {
             "count": 1,
         }))
         .map_err(|e| bad_object(e.to_string()))?;
-        let (api, _, _) = self.api_for("v1", "Event", Some(&namespace)).await?;
-        api.create(&PostParams::default(), &object)
-            .await
-            .map_err(api_status)?;
+        let spam_key = format!(
+            "{}/{}/{}/{}/{}/{}",
+            regarding.api_version,
+            regarding.kind,
+            regarding.namespace.as_deref().unwrap_or_default(),
+            regarding.name,
+            uid.as_deref().unwrap_or_default(),
+            event.event_type
+        );
+        // Dropped by the spam filter or a full queue, as Kubernetes' recorder drops them: an
+        // event is not worth failing a reconcile for.
+        self.events.record(spam_key, object);
         Ok(())
     }
 

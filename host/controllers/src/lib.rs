@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod defaults;
+pub mod events;
 pub mod informer;
 pub mod manager;
 pub mod queue;

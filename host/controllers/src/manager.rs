@@ -262,6 +262,8 @@ struct Slot {
     client: kube::Client,
     host: PluginHost,
     informers: Informers,
+    /// The controller's events, filtered per object across instances and versions.
+    events: Arc<crate::events::Recorder>,
     queue: Arc<Queue<Key>>,
     /// The version new keys go to; a worker holds its `Arc` for the length of a reconcile.
     current: Mutex<Option<Arc<Version>>>,
@@ -293,11 +295,13 @@ impl Slot {
             token.cancelled().await;
             stopping.shut_down();
         });
+        let events = crate::events::Recorder::start(client.clone(), stop.clone());
         Arc::new(Self {
             name,
             component,
             client,
             host,
+            events,
             informers,
             queue,
             current: Mutex::new(None),
@@ -686,6 +690,7 @@ impl Slot {
                 let writer = Arc::new(Writer {
                     client: self.client.clone(),
                     informers: self.informers.clone(),
+                    events: self.events.clone(),
                     manager: self.name.clone(),
                     written: Mutex::default(),
                 });

@@ -4,8 +4,9 @@
 //! clients, scheduled by the same scheduler, in a server of the same configuration.
 //!
 //! Each run has its own `flotilla server` child (embedded store, HTTPS, scheduler and
-//! controller manager in it). The bench registers the simulated nodes, watches the pods, makes
-//! the burst and measures until every pod is bound: pods created and bound per second from the
+//! controller manager in it). The bench registers the simulated nodes, waits until a
+//! one-replica warm-up Deployment's pod is bound (controllers and scheduler serving), watches
+//! the pods, makes the burst and measures until every pod is bound: pods created and bound per second from the
 //! burst's start, and each pod's latency from its creation being seen to its binding being seen.
 
 use std::collections::HashMap;
@@ -160,6 +161,8 @@ async fn run(
         .await
         .context("the pod watch ended before it was synced")?;
 
+    warm_up(&client).await?;
+
     let cpu_before = server.cpu();
     let started = Instant::now();
     match burst {
@@ -223,6 +226,39 @@ async fn run(
         bind_p99_ms: latencies.value_at_quantile(0.99),
         server_cpu,
     })
+}
+
+/// Waits until the controllers and the scheduler serve: a one-replica Deployment's pod is
+/// bound. Both runs start their clock after this, so neither measures start-up.
+async fn warm_up(client: &kube::Client) -> anyhow::Result<()> {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "warm-up"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "warm-up"}},
+            "template": {"metadata": {"labels": {"app": "warm-up"}},
+                "spec": template()["spec"].clone()}},
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = kube::api::ListParams::default().labels("app=warm-up");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let bound = pods.list(&list).await?.items.iter().any(|pod| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+        });
+        if bound {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the warm-up pod was not bound within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn report(args: &DeploymentBenchArgs, fsync: &Histogram<u64>, runs: &[RunFigures]) -> String {

@@ -54,6 +54,15 @@ pub trait CacheReader: Send + Sync {
 #[async_trait::async_trait]
 pub trait ApiWriter: Send + Sync {
     async fn create(&self, object: String) -> Result<String, Status>;
+
+    /// Creates objects concurrently (`api.create-batch`); each result in order.
+    async fn create_batch(&self, objects: Vec<String>) -> Vec<Result<String, Status>> {
+        let mut results = Vec::with_capacity(objects.len());
+        for object in objects {
+            results.push(self.create(object).await);
+        }
+        results
+    }
     async fn update(&self, object: String) -> Result<String, Status>;
     async fn update_status(&self, object: String) -> Result<String, Status>;
     async fn patch(
@@ -389,6 +398,24 @@ impl api::Host for HostState {
         let result = self.bounded("api.create", api.create(object)).await?;
         self.charge(status_len(&result))?;
         Ok(result)
+    }
+
+    async fn create_batch(
+        &mut self,
+        objects: Vec<String>,
+    ) -> wasmtime::Result<Vec<Result<String, Status>>> {
+        let Some(api) = self.services.api.clone() else {
+            return Ok(objects
+                .iter()
+                .map(|_| Err(forbidden("API writes")))
+                .collect());
+        };
+        self.charge(objects.iter().map(String::len).sum())?;
+        let results = self
+            .bounded("api.create-batch", api.create_batch(objects))
+            .await?;
+        self.charge(results.iter().map(status_len).sum())?;
+        Ok(results)
     }
 
     async fn update(&mut self, object: String) -> wasmtime::Result<Result<String, Status>> {

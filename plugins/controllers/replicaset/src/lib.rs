@@ -6,8 +6,9 @@
 //!   reference with its uid) whose labels no longer match its selector are released; pods
 //!   matching its selector that no controller owns are adopted. Both are JSON patches that test the reference they change, so a race
 //!   with another controller fails instead of stealing the pod.
-//! - **Creation** in slow-start batches (1, 2, 4, … pods), at most 500 per reconcile; a failed
-//!   batch stops the rest, records `FailedCreate` and the `ReplicaFailure` condition.
+//! - **Creation** in slow-start batches (1, 2, 4, … pods), each batch created concurrently
+//!   by the host, at most 500 pods per reconcile; a failed batch stops the rest, records
+//!   `FailedCreate` and the `ReplicaFailure` condition.
 //! - **Deletion** preference: unscheduled before scheduled, Pending before Unknown before
 //!   Running, not ready before ready, ready for less time before longer, more restarts before
 //!   fewer, newer before older.
@@ -83,8 +84,10 @@ impl ReplicaSetController {
         let mut created = 0;
         let mut batch = 1;
         while created < count {
-            for _ in 0..batch.min(count - created) {
-                match api::create(&pod) {
+            let size = batch.min(count - created);
+            let mut failure = None;
+            for result in api::create_batch(&vec![pod.clone(); size]) {
+                match result {
                     Ok(made) => {
                         created += 1;
                         let made = parse(&made).unwrap_or_default();
@@ -98,9 +101,13 @@ impl ReplicaSetController {
                     Err(status) => {
                         let message = format!("Error creating: {}", status.message);
                         event(rs, "Warning", "FailedCreate", message.clone());
-                        return (created, Some(message));
+                        failure.get_or_insert(message);
                     }
                 }
+            }
+            // A batch with a failure stops the rest: the next reconcile tries again.
+            if failure.is_some() {
+                return (created, failure);
             }
             batch *= 2;
         }

@@ -9,9 +9,7 @@ wit_bindgen::generate!({
 });
 
 use exports::flotilla::plugin::meta::{Guest as Meta, PluginInfo};
-use exports::flotilla::plugin::reconciler::{
-    Guest as Reconciler, KeyMapping, Registration, Watch,
-};
+use exports::flotilla::plugin::reconciler::{Guest as Reconciler, KeyMapping, Registration, Watch};
 use flotilla::plugin::types::ObjectRef;
 use flotilla::plugin::{api, cache};
 
@@ -52,8 +50,13 @@ impl Reconciler for Released {
     }
 
     fn reconcile(key: ObjectRef) -> Result<Option<u64>, String> {
-        let found = cache::get(&key.api_version, &key.kind, key.namespace.as_deref(), &key.name)
-            .map_err(|s| s.message)?;
+        let found = cache::get(
+            &key.api_version,
+            &key.kind,
+            key.namespace.as_deref(),
+            &key.name,
+        )
+        .map_err(|s| s.message)?;
         if found.is_none() {
             return Ok(None);
         }
