@@ -48,6 +48,47 @@ impl Selection {
     any(feature = "admission", feature = "controller")
 ))]
 pub use imp::{get, list, query};
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{get, list, query};
+
+/// Outside a component: through the program's [`NativeHost`](crate::native::NativeHost).
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use crate::Status;
+    use crate::native::with;
+
+    /// One object, or none when the cache has no such object.
+    pub fn get(
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        with(|h| h.get(api_version, kind, namespace, name), Err)
+    }
+
+    /// The objects of a kind matching a label selector.
+    pub fn list(
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<Vec<String>, Status> {
+        with(
+            |h| h.list(api_version, kind, namespace, label_selector),
+            Err,
+        )
+    }
+
+    /// The objects of a kind a [`Selection`](super::Selection) selects.
+    pub fn query(
+        api_version: &str,
+        kind: &str,
+        selection: &super::Selection,
+    ) -> Result<Vec<String>, Status> {
+        with(|h| h.query(api_version, kind, selection), Err)
+    }
+}
 
 #[cfg(all(
     target_arch = "wasm32",

@@ -283,6 +283,65 @@ pub mod api {
     }
 }
 
+/// Writes outside a component: through the program's
+/// [`NativeHost`](crate::native::NativeHost), with the same signatures as inside one.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod api {
+    use super::{ApiResource, DeleteOptions, Event, ObjectRef, PatchType, Remaining, Status};
+    use crate::native::with;
+
+    pub fn create(object: &str) -> Result<String, Status> {
+        with(|h| h.create(object), Err)
+    }
+
+    pub fn create_batch(objects: &[String]) -> Vec<Result<String, Status>> {
+        with(
+            |h| h.create_batch(objects),
+            |status| objects.iter().map(|_| Err(status.clone())).collect(),
+        )
+    }
+
+    pub fn update(object: &str) -> Result<String, Status> {
+        with(|h| h.update(object), Err)
+    }
+
+    pub fn update_status(object: &str) -> Result<String, Status> {
+        with(|h| h.update_status(object), Err)
+    }
+
+    pub fn patch(target: &ObjectRef, patch_type: PatchType, patch: &str) -> Result<String, Status> {
+        with(|h| h.patch(target, patch_type, patch), Err)
+    }
+
+    pub fn delete(target: &ObjectRef, options: &DeleteOptions) -> Result<(), Status> {
+        with(|h| h.delete(target, options), Err)
+    }
+
+    pub fn emit_event(event: &Event) -> Result<(), Status> {
+        with(|h| h.emit_event(event), Err)
+    }
+
+    pub fn resources() -> Result<Vec<ApiResource>, Status> {
+        with(|h| h.resources(), Err)
+    }
+
+    pub fn delete_collection(
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<Remaining, Status> {
+        with(
+            |h| h.delete_collection(api_version, kind, namespace, label_selector),
+            Err,
+        )
+    }
+
+    pub fn update_subresource(object: &str, subresource: &str) -> Result<String, Status> {
+        with(|h| h.update_subresource(object, subresource), Err)
+    }
+}
+
 /// Exports a [`Controller`] as the component's `controller` world.
 #[macro_export]
 macro_rules! export_controller {

@@ -41,6 +41,8 @@ pub mod admission;
 pub mod cache;
 pub mod controller;
 pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 pub mod proxy;
 pub mod scheduling;
 

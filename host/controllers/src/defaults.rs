@@ -32,6 +32,15 @@ static BUILTIN_LIMITS: std::sync::LazyLock<serde_json::Value> = std::sync::LazyL
     })
 });
 
+/// [`BUILTIN_LIMITS`] as the engine applies them.
+pub fn builtin_limits() -> flotilla_plugin::Limits {
+    let spec = flotilla_client::plugins::WasmPluginSpec {
+        limits: serde_json::from_value(BUILTIN_LIMITS.clone()).ok(),
+        ..Default::default()
+    };
+    spec.limits(&flotilla_plugin::Limits::default())
+}
+
 /// Creates or refreshes the built-in controllers' WasmPlugins.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
     let plugins = api(client, "WasmPlugin");

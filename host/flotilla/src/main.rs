@@ -12,6 +12,7 @@ mod bench;
 mod bench_api;
 mod bench_deployment;
 mod bench_pods;
+mod bench_reconcile;
 mod bench_schedule;
 mod components;
 mod join;
@@ -159,6 +160,9 @@ enum BenchCommand {
     /// Controller benchmark (W9): a Deployment burst on simulated nodes through the built-in
     /// controllers, next to the same pods created directly.
     Deployment(bench_deployment::DeploymentBenchArgs),
+    /// Reconcile cost (W9): the built-in ReplicaSet controller in WASM next to the same crate
+    /// linked natively, over one informer cache.
+    Reconcile(bench_reconcile::ReconcileBenchArgs),
 }
 
 /// `--compaction-window` in seconds; 0 turns automatic compaction off.
@@ -207,6 +211,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 what: BenchCommand::Pods(args),
             } => bench_pods::pods(args).await,
+            Command::Bench {
+                what: BenchCommand::Reconcile(args),
+            } => bench_reconcile::reconcile(args).await,
         }
     })
 }

@@ -1577,6 +1577,23 @@ fn deployment_benchmark_reports_the_controllers_next_to_direct_creates() {
     }
 }
 
+/// `bench reconcile` times steady-state reconciles of the WASM ReplicaSet controller and of
+/// the same crate linked natively (each must write nothing), for every size asked.
+#[test]
+fn reconcile_benchmark_reports_wasm_next_to_native() {
+    let stdout = bench_report(&["reconcile", "--pods", "5,30", "--rounds", "3"]);
+    for size in ["| 5 |", "| 30 |"] {
+        let line = report_row(&stdout, size);
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        for cell in [cells[2], cells[3]] {
+            let p50: f64 = cell.split(" / ").next().unwrap().parse().unwrap();
+            assert!(p50 > 0.0, "{line}");
+        }
+        let ratio: f64 = cells[4].parse().unwrap();
+        assert!(ratio > 0.0, "{line}");
+    }
+}
+
 /// Polls `probe` until it gives a value or `limit` passes, then fails naming `what`.
 fn eventually<T>(
     limit: std::time::Duration,

@@ -1,15 +1,13 @@
 //! What the built-in controllers share: label selectors turned into the string form cache
 //! reads take, pod readiness and availability as Kubernetes computes them, controller owner
-//! references and the claiming of owned objects ([`claim`], in the component only), finalizer
-//! and condition edits, and RFC 3339 timestamps. Everything but [`claim`] is pure and tested
-//! natively; nothing here keeps state between calls.
+//! references and the claiming of owned objects ([`claim`] and [`history`], which call the
+//! host — natively, its `NativeHost`), finalizer and condition edits, and RFC 3339
+//! timestamps. The rest is pure and tested natively; nothing here keeps state between calls.
 
 use flotilla_sdk::controller::{ObjectRef, Status};
 use serde_json::{Value, json};
 
-#[cfg(target_arch = "wasm32")]
 pub mod claim;
-#[cfg(target_arch = "wasm32")]
 pub mod history;
 pub mod revision;
 
