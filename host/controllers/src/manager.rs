@@ -169,6 +169,15 @@ async fn run_controllers(
     term: CancellationToken,
 ) {
     let informers = Informers::new(client.clone(), term.clone());
+    let discovery = watch_definitions(informers.clone(), term.clone());
+    let shared = Term {
+        component: format!("controller-manager/{}", options.identity),
+        client: client.clone(),
+        host: host.clone(),
+        informers: informers.clone(),
+        backoff: options.backoff,
+        discovery,
+    };
     let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
     let api = plugins::api(&client, "WasmPlugin");
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
@@ -185,17 +194,9 @@ async fn run_controllers(
                     return None;
                 }
             };
-            let slot = slots.entry(name.clone()).or_insert_with(|| {
-                Slot::start(
-                    name.clone(),
-                    format!("controller-manager/{}", options.identity),
-                    client.clone(),
-                    host.clone(),
-                    informers.clone(),
-                    options.backoff,
-                    term.child_token(),
-                )
-            });
+            let slot = slots
+                .entry(name.clone())
+                .or_insert_with(|| Slot::start(name.clone(), &shared, term.child_token()));
             slot.offer(spec);
             Some(name)
         };
@@ -234,6 +235,40 @@ async fn run_controllers(
             }
         }
     }
+}
+
+/// Counts changes to CustomResourceDefinitions: the kinds the API serves. Controllers that
+/// register from discovery (the garbage collector follows every custom resource) register
+/// again when it moves.
+fn watch_definitions(
+    informers: Informers,
+    term: CancellationToken,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (changed, discovery) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(term.run_until_cancelled_owned(async move {
+        let kind = KindKey::new("apiextensions.k8s.io/v1", "CustomResourceDefinition");
+        let informer = loop {
+            match informers.informer(&kind).await {
+                Ok(informer) => break informer,
+                Err(error) => {
+                    tracing::debug!("no informer for definitions yet: {error}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        use tokio::sync::broadcast::error::RecvError;
+        let mut changes = informer.subscribe();
+        informer.synced().await;
+        loop {
+            match changes.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    changed.send_modify(|n| *n += 1);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }));
+    discovery
 }
 
 /// One loaded, checked version of a controller.
@@ -278,16 +313,29 @@ struct Slot {
     stop: CancellationToken,
 }
 
+/// What every slot of one term shares.
+#[derive(Clone)]
+struct Term {
+    /// How the manager names itself on WasmPlugin status.
+    component: String,
+    client: kube::Client,
+    host: PluginHost,
+    informers: Informers,
+    backoff: Backoff,
+    /// Moves when CustomResourceDefinitions change.
+    discovery: tokio::sync::watch::Receiver<u64>,
+}
+
 impl Slot {
-    fn start(
-        name: String,
-        component: String,
-        client: kube::Client,
-        host: PluginHost,
-        informers: Informers,
-        backoff: Backoff,
-        stop: CancellationToken,
-    ) -> Arc<Self> {
+    fn start(name: String, term: &Term, stop: CancellationToken) -> Arc<Self> {
+        let Term {
+            component,
+            client,
+            host,
+            informers,
+            backoff,
+            discovery,
+        } = term.clone();
         let queue = Queue::new(backoff);
         let stopping = queue.clone();
         let token = stop.clone();
@@ -296,7 +344,7 @@ impl Slot {
             stopping.shut_down();
         });
         let events = crate::events::Recorder::start(client.clone(), stop.clone());
-        Arc::new(Self {
+        let slot = Arc::new(Self {
             name,
             component,
             client,
@@ -312,7 +360,89 @@ impl Slot {
             last_error: Mutex::default(),
             workers: Mutex::new(0),
             stop,
-        })
+        });
+        let rediscovering = slot.clone();
+        let mut discovery = discovery;
+        discovery.mark_unchanged();
+        tokio::spawn(slot.stop.clone().run_until_cancelled_owned(async move {
+            while discovery.changed().await.is_ok() {
+                // Definitions often change in runs (created, then established): wait for
+                // the run to end.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                discovery.mark_unchanged();
+                rediscovering.rediscover().await;
+            }
+        }));
+        slot
+    }
+
+    /// After the served kinds changed: if the current version registers differently now, it
+    /// is loaded again with its new registration (the queue is kept, as in a hot swap).
+    async fn rediscover(self: &Arc<Self>) {
+        let Some(version) = self.current() else {
+            return;
+        };
+        let registration = match self
+            .register(&version.module, &version.spec, version.limits.clone())
+            .await
+        {
+            Ok((_, registration)) => registration,
+            Err(error) => {
+                tracing::warn!(
+                    plugin = self.name,
+                    "controller not registered again: {error}"
+                );
+                return;
+            }
+        };
+        if registration == version.registration {
+            return;
+        }
+        tracing::info!(
+            plugin = self.name,
+            "the served kinds changed: registering again"
+        );
+        match self.load(version.spec.clone()).await {
+            Ok(loaded) => {
+                let still_wanted = self
+                    .wanted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    == Some(&version.spec);
+                if still_wanted {
+                    self.serve(loaded);
+                }
+            }
+            Err(error) => tracing::warn!(plugin = self.name, "controller not reloaded: {error}"),
+        }
+    }
+
+    /// A fresh instance's self-check, information and registration. It may ask the API which
+    /// kinds are served (`api.resources`) but reads no cache.
+    async fn register(
+        &self,
+        module: &Module,
+        spec: &WasmPluginSpec,
+        limits: Limits,
+    ) -> Result<(String, Registration), String> {
+        let writer = Arc::new(Writer {
+            client: self.client.clone(),
+            informers: self.informers.clone(),
+            events: self.events.clone(),
+            manager: self.name.clone(),
+            written: Mutex::default(),
+        });
+        let services = self.services(spec, &HashSet::new(), Some(writer));
+        let mut instance = module
+            .instantiate(limits, services)
+            .await
+            .map_err(|e| e.to_string())?;
+        instance.self_check().await.map_err(|e| e.to_string())?;
+        let info = instance.info().await.map_err(|e| e.to_string())?;
+        let mut controller = Controller::new(instance).map_err(|e| e.to_string())?;
+        let registration = controller.register().await.map_err(|e| e.to_string())?;
+        Ok((info.version, registration))
     }
 
     fn current(&self) -> Option<Arc<Version>> {
@@ -360,18 +490,7 @@ impl Slot {
     async fn load(&self, spec: WasmPluginSpec) -> Result<Version, String> {
         let module = plugins::load(&self.host, &self.client, &self.name, &spec).await?;
         let limits = spec.limits(&Limits::default());
-        let services = Services {
-            config: spec.config_json(),
-            ..Services::default()
-        };
-        let mut instance = module
-            .instantiate(limits.clone(), services)
-            .await
-            .map_err(|e| e.to_string())?;
-        instance.self_check().await.map_err(|e| e.to_string())?;
-        let info = instance.info().await.map_err(|e| e.to_string())?;
-        let mut controller = Controller::new(instance).map_err(|e| e.to_string())?;
-        let registration = controller.register().await.map_err(|e| e.to_string())?;
+        let (info_version, registration) = self.register(&module, &spec, limits.clone()).await?;
         let primary = KindKey::new(
             &registration.primary_api_version,
             &registration.primary_kind,
@@ -401,7 +520,15 @@ impl Slot {
             .iter()
             .any(|w| matches!(w.mapping, KeyMapping::Custom));
         let mapper = if custom {
-            let services = self.services(&spec, &kinds, None);
+            // It may ask the API what is served (`api.resources`), as the load instance did.
+            let writer = Arc::new(Writer {
+                client: self.client.clone(),
+                informers: self.informers.clone(),
+                events: self.events.clone(),
+                manager: self.name.clone(),
+                written: Mutex::default(),
+            });
+            let services = self.services(&spec, &kinds, Some(writer));
             let instance = module
                 .instantiate(limits.clone(), services)
                 .await
@@ -418,7 +545,7 @@ impl Slot {
             selectors,
             kinds,
             primary,
-            info_version: info.version,
+            info_version,
             mapper: tokio::sync::Mutex::new(mapper),
             mapping: self.stop.child_token(),
         })

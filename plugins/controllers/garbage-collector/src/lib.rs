@@ -10,8 +10,9 @@
 //! - **Orphan**: an owner being deleted with the `orphan` finalizer has its references removed
 //!   from its dependents, then loses the finalizer.
 //!
-//! Every kind the API serves built in is watched (plus `kinds` from the configuration, e.g.
-//! custom resources: `{"kinds": [{"apiVersion": "example.com/v1", "kind": "Website"}]}`). An
+//! Every kind the API serves built in is watched, and every custom resource discovery lists
+//! (the host registers the collector again when CustomResourceDefinitions change), plus `kinds`
+//! from the configuration: `{"kinds": [{"apiVersion": "example.com/v1", "kind": "Website"}]}`. An
 //! object whose owner is not in the cache yet is looked at again a few seconds after it was
 //! made before it is collected, so an owner and its dependent created together survive the
 //! informers' race.
@@ -48,6 +49,24 @@ const KINDS: &[(&str, &str)] = &[
     ("networking.k8s.io/v1", "Ingress"),
 ];
 
+/// Whether discovery's `resource` is a custom resource the collector follows: one a
+/// CustomResourceDefinition serves (its group is neither built in, nor Kubernetes' own
+/// `*.k8s.io`, nor Flotilla's `plugins.flotilla.dev`), that can be listed, watched and deleted.
+fn custom_resource(resource: &ApiResource) -> bool {
+    let group = resource
+        .api_version
+        .rsplit_once('/')
+        .map_or("", |(group, _)| group);
+    let built_in = matches!(group, "" | "apps" | "batch" | "policy" | "autoscaling")
+        || group == "k8s.io"
+        || group.ends_with(".k8s.io")
+        || group == "plugins.flotilla.dev";
+    !built_in
+        && ["list", "watch", "delete"]
+            .iter()
+            .all(|verb| resource.verbs.iter().any(|v| v == verb))
+}
+
 #[derive(Debug)]
 pub struct GarbageCollector {
     kinds: Vec<(String, String)>,
@@ -75,9 +94,13 @@ impl GarbageCollector {
         let namespace = meta(owner, "namespace").as_str();
         let mut found = Vec::new();
         for (api_version, kind) in &self.kinds {
-            for object in cache::list(api_version, kind, namespace, "")
-                .map_err(|s| failed(&format!("listing {kind}"), s))?
-            {
+            let objects = match cache::list(api_version, kind, namespace, "") {
+                Ok(objects) => objects,
+                // A kind served since this version registered: the next one watches it.
+                Err(s) if s.code == 403 => continue,
+                Err(s) => return Err(failed(&format!("listing {kind}"), s)),
+            };
+            for object in objects {
                 let object = parse(&object)?;
                 if meta(&object, "ownerReferences")
                     .as_array()
@@ -110,6 +133,8 @@ impl GarbageCollector {
                 Err(e) => Some(Err(e)),
             },
             Ok(None) => None,
+            // A kind served since this version registered: not watched yet, so it lives.
+            Err(s) if s.code == 403 => Some(Ok(json!({"metadata": {"uid": reference["uid"]}}))),
             Err(s) => Some(Err(failed("reading an owner", s))),
         }
     }
@@ -258,6 +283,19 @@ impl Controller for GarbageCollector {
                 return Err(format!("kinds: {extra} needs apiVersion and kind"));
             };
             kinds.push((api_version.to_owned(), kind.to_owned()));
+        }
+        // The custom resources the API serves now; the host registers the collector again
+        // (with fresh instances) when definitions change. Without the API (a host that does not
+        // serve `api.resources`), the built-in and configured kinds are all there is.
+        if let Ok(resources) = api::resources() {
+            for resource in resources.iter().filter(|r| custom_resource(r)) {
+                let known = kinds
+                    .iter()
+                    .any(|(a, k)| *a == resource.api_version && *k == resource.kind);
+                if !known {
+                    kinds.push((resource.api_version.clone(), resource.kind.clone()));
+                }
+            }
         }
         Ok(Self { kinds })
     }
