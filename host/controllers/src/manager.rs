@@ -426,14 +426,7 @@ impl Slot {
         spec: &WasmPluginSpec,
         limits: Limits,
     ) -> Result<(String, Registration), String> {
-        let writer = Arc::new(Writer {
-            client: self.client.clone(),
-            informers: self.informers.clone(),
-            events: self.events.clone(),
-            manager: self.name.clone(),
-            written: Mutex::default(),
-        });
-        let services = self.services(spec, &HashSet::new(), Some(writer));
+        let services = self.services(spec, &HashSet::new(), Some(self.writer()));
         let mut instance = module
             .instantiate(limits, services)
             .await
@@ -521,14 +514,7 @@ impl Slot {
             .any(|w| matches!(w.mapping, KeyMapping::Custom));
         let mapper = if custom {
             // It may ask the API what is served (`api.resources`), as the load instance did.
-            let writer = Arc::new(Writer {
-                client: self.client.clone(),
-                informers: self.informers.clone(),
-                events: self.events.clone(),
-                manager: self.name.clone(),
-                written: Mutex::default(),
-            });
-            let services = self.services(&spec, &kinds, Some(writer));
+            let services = self.services(&spec, &kinds, Some(self.writer()));
             let instance = module
                 .instantiate(limits.clone(), services)
                 .await
@@ -548,6 +534,17 @@ impl Slot {
             info_version,
             mapper: tokio::sync::Mutex::new(mapper),
             mapping: self.stop.child_token(),
+        })
+    }
+
+    /// API writes as this controller, for one instance.
+    fn writer(&self) -> Arc<Writer> {
+        Arc::new(Writer {
+            client: self.client.clone(),
+            informers: self.informers.clone(),
+            events: self.events.clone(),
+            manager: self.name.clone(),
+            written: Mutex::default(),
         })
     }
 
@@ -814,13 +811,7 @@ impl Slot {
                 .is_none_or(|(v, c, _)| !Arc::ptr_eq(v, &version) || c.is_poisoned())
             {
                 held = None;
-                let writer = Arc::new(Writer {
-                    client: self.client.clone(),
-                    informers: self.informers.clone(),
-                    events: self.events.clone(),
-                    manager: self.name.clone(),
-                    written: Mutex::default(),
-                });
+                let writer = self.writer();
                 let services = self.services(&version.spec, &version.kinds, Some(writer.clone()));
                 match version
                     .module

@@ -236,12 +236,13 @@ fn key(name: &str) -> ObjectRef {
 
 const CONFIG: &str = r#"{"data": {"registry": "registry.local:5000"}}"#;
 
-async fn controller(
+/// A fresh instance of a controller component, reading and writing `cluster`.
+async fn instance(
     host: &PluginHost,
     wasm: &[u8],
     cluster: &Arc<Cluster>,
     config: &str,
-) -> Controller {
+) -> flotilla_plugin::Instance {
     let module = host
         .load("controller", World::Controller, wasm, None)
         .unwrap();
@@ -251,10 +252,19 @@ async fn controller(
         api: Some(cluster.clone()),
         load: None,
     };
-    let mut instance = module
+    module
         .instantiate(Limits::default(), services)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn controller(
+    host: &PluginHost,
+    wasm: &[u8],
+    cluster: &Arc<Cluster>,
+    config: &str,
+) -> Controller {
+    let mut instance = instance(host, wasm, cluster, config).await;
     instance.self_check().await.unwrap();
     Controller::new(instance).unwrap()
 }
@@ -409,19 +419,7 @@ async fn a_controller_built_against_an_earlier_compatible_version_still_runs() {
         .wasm;
     let host = PluginHost::new(EngineConfig::default()).unwrap();
     let cluster = Arc::new(Cluster::default());
-    let module = host
-        .load("released-controller", World::Controller, wasm, None)
-        .unwrap();
-    let services = Services {
-        config: "{}".into(),
-        cache: Some(cluster.clone()),
-        api: Some(cluster.clone()),
-        load: None,
-    };
-    let mut instance = module
-        .instantiate(Limits::default(), services)
-        .await
-        .unwrap();
+    let mut instance = instance(&host, wasm, &cluster, "{}").await;
     assert_eq!(instance.info().await.unwrap().wit_version, "0.1.0");
     assert_ne!(flotilla_plugin::WIT_VERSION, "0.1.0");
     instance.self_check().await.unwrap();
