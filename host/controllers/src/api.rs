@@ -92,16 +92,13 @@ impl CacheReader for Reader {
         namespace: Option<&str>,
         label_selector: &str,
     ) -> Result<Vec<String>, Status> {
-        let informer = self.informer_of(api_version, kind)?;
-        let selector: LabelSelector = label_selector
-            .parse()
-            .map_err(|e| bad_object(format!("label selector {label_selector:?}: {e}")))?;
-        Ok(informer
-            .list(namespace.filter(|_| informer.namespaced))
-            .into_iter()
-            .filter(|object| selector.matches(&crate::labels(object)))
-            .map(|object| object.to_string())
-            .collect())
+        let selection = Selection {
+            namespace: namespace.map(str::to_owned),
+            label_selector: label_selector.to_owned(),
+            claimable_by: None,
+            fields: Vec::new(),
+        };
+        self.query(api_version, kind, selection).await
     }
 
     async fn query(
@@ -265,6 +262,17 @@ impl Writer {
     }
 
     fn remember(&self, kind: KindKey, object: &DynamicObject) -> Result<String, Status> {
+        self.remember_write(kind, object, false)
+    }
+
+    /// Records a write; with `gone_is_later`, the object's being gone meets it too (a write
+    /// that may take the object with it).
+    fn remember_write(
+        &self,
+        kind: KindKey,
+        object: &DynamicObject,
+        gone_is_later: bool,
+    ) -> Result<String, Status> {
         let json = serde_json::to_value(object).map_err(|e| bad_object(e.to_string()))?;
         let key = (
             object.metadata.namespace.clone(),
@@ -278,7 +286,7 @@ impl Writer {
                 key,
                 at_least: Some(resource_version(&json)),
                 uid: None,
-                gone_is_later: false,
+                gone_is_later,
             });
         Ok(json.to_string())
     }
@@ -583,19 +591,8 @@ impl ApiWriter for Writer {
             .replace_subresource(subresource, &name, &params, body)
             .await
             .map_err(api_status)?;
-        let json = self.remember(key, &updated)?;
-        if subresource == "finalize" {
-            // The last finalizer may take the object with it.
-            if let Some(expected) = self
-                .written
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .last_mut()
-            {
-                expected.gone_is_later = true;
-            }
-        }
-        Ok(json)
+        // Removing the last finalizer may take the object with it.
+        self.remember_write(key, &updated, subresource == "finalize")
     }
 }
 

@@ -73,11 +73,7 @@ pub fn resource_version(object: &Value) -> u64 {
 
 /// The uid of an object's controller (its owner reference with `controller: true`).
 pub fn controller_uid(object: &Value) -> Option<&str> {
-    object["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)?["uid"]
-        .as_str()
+    crate::controller_of(object)?["uid"].as_str()
 }
 
 /// The objects of one kind, and an index of them by controller uid (`None`: no controller).

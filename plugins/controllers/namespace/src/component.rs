@@ -51,16 +51,13 @@ fn with_conditions(namespace: &Value, tally: &Tally) -> Value {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    let new = conditions(tally);
     let mut written: Vec<Value> = old
         .iter()
-        .filter(|c| {
-            !conditions(tally)
-                .iter()
-                .any(|(kind, ..)| c["type"] == *kind)
-        })
+        .filter(|c| !new.iter().any(|(kind, ..)| c["type"] == *kind))
         .cloned()
         .collect();
-    for (kind, status, reason, message) in conditions(tally) {
+    for (kind, status, reason, message) in new {
         let since = old
             .iter()
             .find(|c| c["type"] == kind && c["status"] == status)
