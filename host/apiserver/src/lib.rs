@@ -41,10 +41,12 @@ pub mod pki;
 mod protobuf;
 pub mod resources;
 pub mod serve;
+mod services;
 mod subresources;
 pub mod table;
 mod watch;
 
+pub use services::ServiceRanges;
 pub use watch::WatchCacheOptions;
 
 use resources::{ResourceDef, VERBS};
@@ -104,6 +106,7 @@ pub struct ApiServer {
     admission: admission::AdmissionChain,
     node_client: Option<Arc<nodes::NodeClient>>,
     join: Option<join::JoinOptions>,
+    service_ranges: ServiceRanges,
     /// The schemas of the served kinds (the built-in ones, plus custom resources), and the
     /// OpenAPI v3 documents made from them; replaced whole when custom resources change.
     base_schemas: flotilla_schema::Registry,
@@ -135,6 +138,8 @@ pub struct ApiOptions {
     pub node_client: Option<Arc<nodes::NodeClient>>,
     /// Nodes may join with join tokens (`/cacerts`, `join::JOIN_PATH`); `None`: they may not.
     pub join: Option<join::JoinOptions>,
+    /// Where Services' ClusterIPs and NodePorts come from.
+    pub service_ranges: ServiceRanges,
 }
 
 impl Default for ApiOptions {
@@ -147,6 +152,7 @@ impl Default for ApiOptions {
             admission: admission::AdmissionChain::default(),
             node_client: None,
             join: None,
+            service_ranges: ServiceRanges::default(),
         }
     }
 }
@@ -235,6 +241,7 @@ impl ApiServer {
             admission: options.admission,
             node_client: options.node_client,
             join: options.join,
+            service_ranges: options.service_ranges,
             store,
         })
     }
@@ -285,7 +292,9 @@ impl ApiServer {
             }
         }
         self.install_own_definitions().await?;
-        self.reload_custom_resources().await
+        self.reload_custom_resources().await?;
+        services::spawn_releaser(self.store.clone());
+        Ok(())
     }
 
     /// The schemas as they are now.
@@ -1294,6 +1303,9 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     if let Some(namespace) = &target.namespace {
         check_namespace(server, namespace).await?;
     }
+    if is_services(resource) {
+        services::keep_allocated(&mut object, None);
+    }
     let request = admission::AdmissionRequest {
         operation: admission::Operation::Create,
         resource,
@@ -1312,15 +1324,45 @@ async fn create_object(server: &ApiServer, target: &Target<'_>, mut object: Valu
     if request.dry_run {
         return Ok(json_response(StatusCode::CREATED, &object));
     }
-    match server.store.create(&key, encode(&object), None).await? {
-        TxnOutcome::Applied { kv: Some(kv), .. } => {
-            Ok(json_response(StatusCode::CREATED, &decode(&kv)?))
-        }
-        _ => Err(ApiError::from(Status::already_exists(
+    let reserved = allocate_addresses(server, resource, &mut object, None).await?;
+    let created = match server.store.create(&key, encode(&object), None).await {
+        Ok(TxnOutcome::Applied { kv: Some(kv), .. }) => decode(&kv),
+        Ok(_) => Err(ApiError::from(Status::already_exists(
             resource.group,
             resource.plural,
             &name,
         ))),
+        Err(error) => Err(error.into()),
+    };
+    settle(server, reserved, created.is_ok()).await;
+    Ok(json_response(StatusCode::CREATED, &created?))
+}
+
+fn is_services(resource: &ResourceDef) -> bool {
+    resource.group.is_empty() && resource.plural == "services"
+}
+
+/// Reserves a Service's ClusterIP and NodePorts before it is stored (nothing for other kinds).
+async fn allocate_addresses(
+    server: &ApiServer,
+    resource: &ResourceDef,
+    object: &mut Value,
+    old: Option<&Value>,
+) -> Result<Option<services::Reserved>, ApiError> {
+    if !is_services(resource) {
+        return Ok(None);
+    }
+    services::allocate(&server.store, &server.service_ranges, object, old)
+        .await
+        .map(Some)
+}
+
+/// Keeps the addresses a write reserved when it was stored, and frees them when it was not.
+async fn settle(server: &ApiServer, reserved: Option<services::Reserved>, stored: bool) {
+    match reserved {
+        Some(reserved) if stored => reserved.keep(),
+        Some(reserved) => reserved.release(&server.store).await,
+        None => {}
     }
 }
 
@@ -1469,6 +1511,9 @@ async fn replace(
             }
         }
     }
+    if is_services(resource) && target.subresource.is_none() {
+        services::keep_allocated(&mut object, Some(&existing));
+    }
     let request = admission::AdmissionRequest {
         operation: admission::Operation::Update,
         resource,
@@ -1509,14 +1554,21 @@ async fn replace(
             _ => Err(conflict()),
         };
     }
-    match server
+    let reserved = match target.subresource {
+        None => allocate_addresses(server, resource, &mut object, Some(&existing)).await?,
+        Some(_) => None,
+    };
+    let updated = match server
         .store
         .update(&current.key, encode(&object), current.mod_revision, None)
-        .await?
+        .await
     {
-        TxnOutcome::Applied { kv: Some(kv), .. } => decode(&kv),
-        _ => Err(conflict()),
-    }
+        Ok(TxnOutcome::Applied { kv: Some(kv), .. }) => decode(&kv),
+        Ok(_) => Err(conflict()),
+        Err(error) => Err(error.into()),
+    };
+    settle(server, reserved, updated.is_ok()).await;
+    updated
 }
 
 fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {

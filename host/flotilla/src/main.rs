@@ -71,6 +71,13 @@ struct ServeArgs {
     /// How many pods the node `up` runs takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Services' ClusterIPs come from this CIDR; its first address is the `kubernetes`
+    /// Service's. Within 127.0.0.0/8 every node's proxy serves them without privileges.
+    #[arg(long, default_value = "127.43.0.0/16")]
+    service_cidr: String,
+    /// NodePorts come from this range.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 impl ServeArgs {
@@ -104,6 +111,11 @@ impl ServeArgs {
             tls_sans: self.tls_sans,
             scheduler: !self.disable_scheduler,
             controllers: !self.disable_controllers,
+            service_ranges: flotilla_apiserver::ServiceRanges::parse(
+                &self.service_cidr,
+                &self.service_node_port_range,
+            )
+            .map_err(anyhow::Error::msg)?,
         })
     }
 }

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub controllers: bool,
     /// Run a node agent in this process, as this node (`up`).
     pub agent: Option<flotilla_node::AgentOptions>,
+    /// Where Services' ClusterIPs and NodePorts come from.
+    pub service_ranges: flotilla_apiserver::ServiceRanges,
 }
 
 /// The names the serving certificate is made for: loopback, this host, the listen address and
@@ -173,6 +175,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .then(|| flotilla_apiserver::join::JoinOptions {
                 ca_pem: pki.ca_pem().to_owned(),
             }),
+        service_ranges: config.service_ranges.clone(),
         ..ApiOptions::default()
     };
     let api = ApiServer::with_options(store.clone(), options);
