@@ -49,6 +49,15 @@ const CONTROLLERS: &[&str] = &[
     "namespace-controller",
 ];
 
+/// The built-in proxy strategies, in `plugins/proxy`.
+const STRATEGIES: &[&str] = &[
+    "round-robin",
+    "random",
+    "least-connections",
+    "client-ip-affinity",
+    "canary",
+];
+
 /// Controllers embedded only with the `testing` feature.
 const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller", "website-operator"];
 
@@ -69,11 +78,12 @@ fn main() {
 
     // A separate target directory: the outer cargo holds the lock on the host's one.
     let target_dir = guest_target_dir(&out_dir);
-    // The controllers are a workspace of their own: the SDK's features select one world per
-    // component, and cargo unifies features within a workspace.
+    // The controllers and the proxy strategies are workspaces of their own: the SDK's
+    // features select one world per component, and cargo unifies features within a workspace.
     for workspace in [
         plugins.join("Cargo.toml"),
         plugins.join("controllers/Cargo.toml"),
+        plugins.join("proxy/Cargo.toml"),
     ] {
         build_guests(&workspace, &target_dir);
     }
@@ -83,12 +93,20 @@ fn main() {
     );
     let mut constants = String::new();
     let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
+    let placed = |dir: &'static str| move |guest: &&'static str| (*guest, dir);
     let embedded_guests = GUESTS
         .iter()
-        .chain(CONTROLLERS)
-        .chain(TESTING_GUESTS.iter().filter(|_| testing))
-        .chain(TESTING_CONTROLLERS.iter().filter(|_| testing));
-    for guest in embedded_guests {
+        .map(placed(""))
+        .chain(CONTROLLERS.iter().map(placed("controllers/")))
+        .chain(STRATEGIES.iter().map(placed("proxy/")))
+        .chain(TESTING_GUESTS.iter().filter(|_| testing).map(placed("")))
+        .chain(
+            TESTING_CONTROLLERS
+                .iter()
+                .filter(|_| testing)
+                .map(placed("controllers/")),
+        );
+    for (guest, dir) in embedded_guests {
         let file = guest.replace('-', "_");
         let built = target_dir
             .join(TARGET)
@@ -99,7 +117,7 @@ fn main() {
             .unwrap_or_else(|e| panic!("guest component {} is missing: {e}", built.display()));
         let constant = file.to_uppercase();
         constants.push_str(&format!(
-            "/// The `{guest}` component from `plugins/{guest}`.\npub const {constant}: Builtin = Builtin {{ name: {guest:?}, wasm: include_bytes!({:?}) }};\n",
+            "/// The `{guest}` component from `plugins/{dir}{guest}`.\npub const {constant}: Builtin = Builtin {{ name: {guest:?}, wasm: include_bytes!({:?}) }};\n",
             embedded.display().to_string()
         ));
         generated.push_str(&format!("    {constant},\n"));

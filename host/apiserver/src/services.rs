@@ -393,15 +393,7 @@ async fn reserve_ip(
             ranges.cidr_text()
         ));
     }
-    let key = ip_key(ip);
-    match claim(store, &key, owner).await {
-        Ok(true) => {
-            reserved.keys.push(key);
-            Ok(())
-        }
-        Ok(false) => Err("provided IP is already allocated".into()),
-        Err(error) => Err(error.0.message),
-    }
+    reserve(store, ip_key(ip), "IP", owner, reserved).await
 }
 
 async fn reserve_port(
@@ -417,13 +409,23 @@ async fn reserve_port(
             ranges.node_port_text()
         ));
     }
-    let key = port_key(port);
+    reserve(store, port_key(port), "port", owner, reserved).await
+}
+
+/// Reserves the address `key` asked for; `what` names it in the refusal.
+async fn reserve(
+    store: &SharedStore,
+    key: String,
+    what: &str,
+    owner: &Bytes,
+    reserved: &mut Reserved,
+) -> Result<(), String> {
     match claim(store, &key, owner).await {
         Ok(true) => {
             reserved.keys.push(key);
             Ok(())
         }
-        Ok(false) => Err("provided port is already allocated".into()),
+        Ok(false) => Err(format!("provided {what} is already allocated")),
         Err(error) => Err(error.0.message),
     }
 }

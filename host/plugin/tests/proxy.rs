@@ -134,3 +134,102 @@ async fn an_sdk_proxy_strategy_picks_the_least_loaded_ready_endpoint() {
     assert_eq!(strategy.pick(&pick(vec![])).await.unwrap(), None);
     assert!(!strategy.is_poisoned());
 }
+
+/// A built-in strategy's instance, with the proxy's load figures behind it.
+async fn builtin(name: &str, load: Arc<Load>) -> ProxyStrategy {
+    let wasm = flotilla_builtins::find(name).unwrap().wasm;
+    let host = PluginHost::new(EngineConfig::default()).unwrap();
+    let module = host.load(name, World::ProxyStrategy, wasm, None).unwrap();
+    let services = Services {
+        load: Some(load),
+        ..Services::default()
+    };
+    let mut instance = module
+        .instantiate(Limits::default(), services)
+        .await
+        .unwrap();
+    assert_eq!(instance.info().await.unwrap().name, name);
+    instance.self_check().await.unwrap();
+    ProxyStrategy::new(instance).unwrap()
+}
+
+async fn picks(strategy: &mut ProxyStrategy, request: &PickRequest, n: usize) -> Vec<Option<u32>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(strategy.pick(request).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_strategies_balance_as_their_names_say() {
+    let load = Arc::new(Load::default());
+
+    let mut round_robin = builtin("round-robin", load.clone()).await;
+    round_robin.update(&service(vec![])).await.unwrap();
+    let turns = picks(&mut round_robin, &pick(vec![]), 4).await;
+    assert_eq!(turns, [Some(1), Some(3), Some(1), Some(3)]);
+    assert_eq!(round_robin.pick(&pick(vec![1])).await.unwrap(), Some(3));
+    assert_eq!(round_robin.pick(&pick(vec![1, 3])).await.unwrap(), None);
+
+    let mut random = builtin("random", load.clone()).await;
+    random.update(&service(vec![])).await.unwrap();
+    let spread = picks(&mut random, &pick(vec![]), 200).await;
+    assert!(
+        spread.iter().all(|p| matches!(p, Some(1) | Some(3))),
+        "{spread:?}"
+    );
+    for id in [1, 3] {
+        let share = spread.iter().filter(|p| **p == Some(id)).count();
+        assert!((50..=150).contains(&share), "{id}: {share} of 200");
+    }
+
+    let mut least = builtin("least-connections", load.clone()).await;
+    least.update(&service(vec![])).await.unwrap();
+    load.set(&[(1, 5), (3, 2)]);
+    assert_eq!(least.pick(&pick(vec![])).await.unwrap(), Some(3));
+    assert_eq!(least.pick(&pick(vec![3])).await.unwrap(), Some(1));
+
+    // ClientIP affinity: one client keeps its endpoint; another client may get another.
+    let mut affinity = builtin("client-ip-affinity", load.clone()).await;
+    let mut sticky = service(vec![]);
+    sticky.client_ip_affinity_seconds = Some(10_800);
+    affinity.update(&sticky).await.unwrap();
+    let first = affinity.pick(&pick(vec![])).await.unwrap().unwrap();
+    let kept = picks(&mut affinity, &pick(vec![]), 5).await;
+    assert!(kept.iter().all(|p| *p == Some(first)), "{kept:?}");
+    let moved = affinity.pick(&pick(vec![first])).await.unwrap().unwrap();
+    assert_ne!(moved, first);
+    let mut other = pick(vec![]);
+    other.client_ip = "127.0.0.2".into();
+    assert!(affinity.pick(&other).await.unwrap().is_some());
+
+    // Canary: a quarter of the picks go to the canary Service's endpoints, and a request
+    // with the header always does.
+    let mut canary = builtin("canary", load.clone()).await;
+    let annotations = vec![
+        ("canary.flotilla.dev/service".into(), "web-canary".into()),
+        ("canary.flotilla.dev/weight".into(), "25".into()),
+        ("canary.flotilla.dev/header".into(), "x-canary".into()),
+    ];
+    canary.update(&service(annotations)).await.unwrap();
+    canary
+        .update(&Service {
+            key: "default/web-canary:http".into(),
+            endpoints: vec![endpoint(10, true, false)],
+            annotations: vec![],
+            client_ip_affinity_seconds: None,
+        })
+        .await
+        .unwrap();
+    let split = picks(&mut canary, &pick(vec![]), 100).await;
+    assert_eq!(split.iter().filter(|p| **p == Some(10)).count(), 25);
+    let mut flagged = pick(vec![]);
+    flagged.http = Some(flotilla_plugin::bindings::balancing::HttpRequest {
+        method: "GET".into(),
+        authority: "web".into(),
+        path: "/".into(),
+        headers: vec![("x-canary".into(), "1".into())],
+    });
+    assert_eq!(picks(&mut canary, &flagged, 3).await, [Some(10); 3]);
+}
