@@ -4136,14 +4136,22 @@ fn a_misbehaving_controller_is_contained_and_the_others_keep_working() {
             "wasmplugin/misbehave",
             "--timeout=60s",
         ]);
-        let message = run(&[
-            "get",
-            "wasmplugin",
-            "misbehave",
-            "-o",
-            &format!("jsonpath={{.status.components['{MANAGER}'].message}}"),
-        ]);
-        assert!(message.contains(what), "{message}");
+        // The condition and the message are written together, but a later report (after a
+        // reload, say) may clear the message until the next failure: wait for it.
+        eventually(
+            std::time::Duration::from_secs(60),
+            &format!("the manager to report {what:?}"),
+            || {
+                let message = run(&[
+                    "get",
+                    "wasmplugin",
+                    "misbehave",
+                    "-o",
+                    &format!("jsonpath={{.status.components['{MANAGER}'].message}}"),
+                ]);
+                message.contains(what).then_some(())
+            },
+        );
     };
     degraded("asked to panic on bad");
 
