@@ -307,7 +307,9 @@ struct Slot {
     /// What the previous reconcile of each key wrote.
     expectations: Mutex<HashMap<Key, Vec<Expectation>>>,
     health: Mutex<Health>,
-    reported: Mutex<Option<ComponentStatus>>,
+    /// The last status written; held across a report's write, so reports land in the order
+    /// they were made and an older one never overwrites a newer one.
+    reported: tokio::sync::Mutex<Option<ComponentStatus>>,
     last_error: Mutex<String>,
     workers: Mutex<u32>,
     stop: CancellationToken,
@@ -356,7 +358,7 @@ impl Slot {
             wanted: Mutex::new(None),
             expectations: Mutex::default(),
             health: Mutex::default(),
-            reported: Mutex::new(None),
+            reported: tokio::sync::Mutex::new(None),
             last_error: Mutex::default(),
             workers: Mutex::new(0),
             stop,
@@ -876,6 +878,7 @@ impl Slot {
 
     /// Reports this controller's state on its WasmPlugin when it changed.
     async fn report(&self) {
+        let mut reported = self.reported.lock().await;
         let status = {
             let version = self.current();
             let wanted = self
@@ -909,13 +912,10 @@ impl Slot {
                 version: version.map(|v| v.info_version.clone()).unwrap_or_default(),
             }
         };
-        {
-            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-            if reported.as_ref() == Some(&status) {
-                return;
-            }
-            *reported = Some(status.clone());
+        if reported.as_ref() == Some(&status) {
+            return;
         }
+        *reported = Some(status.clone());
         if let Err(error) =
             plugins::report(&self.client, &self.name, &self.component, &status).await
         {
