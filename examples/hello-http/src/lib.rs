@@ -3,7 +3,8 @@
 //!
 //! `GET /` answers `Hello from <name>!`, where the name is the `GREETING_NAME` environment
 //! variable (set it from `metadata.name` with a fieldRef to tell pods apart) or `Flotilla`.
-//! `/healthz` answers `ok` for probes; any other path is echoed back.
+//! `/healthz` answers `ok` for probes; any other path is greeted too, and echoed back:
+//! `Hello from <name>! You asked for <path>.`
 //!
 //! ```text
 //! cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p hello-http
@@ -17,13 +18,14 @@ use wasip2::http::types::{
 struct Hello;
 
 fn answer(path: &str) -> (u16, String) {
+    let name = || std::env::var("GREETING_NAME").unwrap_or_else(|_| "Flotilla".into());
     match path {
-        "/" | "" => {
-            let name = std::env::var("GREETING_NAME").unwrap_or_else(|_| "Flotilla".into());
-            (200, format!("Hello from {name}!\n"))
-        }
+        "/" | "" => (200, format!("Hello from {}!\n", name())),
         "/healthz" => (200, "ok\n".into()),
-        other => (200, format!("path {other}\n")),
+        other => (
+            200,
+            format!("Hello from {}! You asked for {other}.\n", name()),
+        ),
     }
 }
 

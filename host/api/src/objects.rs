@@ -61,6 +61,7 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
         ("batch", "Job") => workloads::job(object, old, &mut out),
         ("batch", "CronJob") => workloads::cron_job(object, &mut out),
         ("networking.k8s.io", "Ingress") => network::ingress(object, &mut out),
+        ("networking.k8s.io", "IngressClass") => network::ingress_class(object, old, &mut out),
         ("discovery.k8s.io", "EndpointSlice") => network::endpoint_slice(object, &mut out),
         ("coordination.k8s.io", "Lease") => lease(object, &mut out),
         _ => {}

@@ -107,6 +107,7 @@ pub struct ApiServer {
     node_client: Option<Arc<nodes::NodeClient>>,
     join: Option<join::JoinOptions>,
     service_ranges: ServiceRanges,
+    advertise: Option<std::net::SocketAddr>,
     /// The schemas of the served kinds (the built-in ones, plus custom resources), and the
     /// OpenAPI v3 documents made from them; replaced whole when custom resources change.
     base_schemas: flotilla_schema::Registry,
@@ -140,6 +141,9 @@ pub struct ApiOptions {
     pub join: Option<join::JoinOptions>,
     /// Where Services' ClusterIPs and NodePorts come from.
     pub service_ranges: ServiceRanges,
+    /// The address clients reach this server on: the endpoint of the `kubernetes` Service in
+    /// `default` (ClusterIP the service CIDR's first address, port 443). None: no such Service.
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 impl Default for ApiOptions {
@@ -153,6 +157,7 @@ impl Default for ApiOptions {
             node_client: None,
             join: None,
             service_ranges: ServiceRanges::default(),
+            advertise: None,
         }
     }
 }
@@ -242,6 +247,7 @@ impl ApiServer {
             node_client: options.node_client,
             join: options.join,
             service_ranges: options.service_ranges,
+            advertise: options.advertise,
             store,
         })
     }
@@ -294,6 +300,70 @@ impl ApiServer {
         self.install_own_definitions().await?;
         self.reload_custom_resources().await?;
         services::spawn_releaser(self.store.clone());
+        if let Some(address) = self.advertise {
+            self.publish_api_service(address).await?;
+        }
+        Ok(())
+    }
+
+    /// The `kubernetes` Service in `default`, as Kubernetes' API server keeps it: ClusterIP
+    /// the service CIDR's first address, port `https` 443, and an EndpointSlice (managed by
+    /// this server) naming `address`, rewritten when the address changed since the last start.
+    async fn publish_api_service(&self, address: std::net::SocketAddr) -> Result<(), ApiError> {
+        const NAME: &str = "kubernetes";
+        let services = self
+            .find("", "v1", "services")
+            .expect("services are served");
+        let slices = self
+            .find("discovery.k8s.io", "v1", "endpointslices")
+            .expect("endpointslices are served");
+        let target = |resource| Target {
+            resource,
+            namespace: Some("default".into()),
+            name: None,
+            subresource: None,
+        };
+        let service = json!({
+            "metadata": {"name": NAME, "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": self.service_ranges.api_service_ip().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                    "targetPort": address.port()}]},
+        });
+        match create_object(self, &target(&services), service).await {
+            Err(e) if e.0.reason == flotilla_api::StatusReason::AlreadyExists => {}
+            other => {
+                other?;
+            }
+        }
+        let slice = json!({
+            "metadata": {"name": NAME, "labels": {
+                "kubernetes.io/service-name": NAME,
+                "endpointslice.kubernetes.io/managed-by": "flotilla-apiserver"}},
+            "addressType": if address.is_ipv4() { "IPv4" } else { "IPv6" },
+            "endpoints": [{"addresses": [address.ip().to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false}}],
+            "ports": [{"name": "https", "port": address.port(), "protocol": "TCP"}],
+        });
+        let named = Target {
+            name: Some(NAME.into()),
+            ..target(&slices)
+        };
+        match current_object(self, &named).await {
+            Ok(current) => {
+                let stored = decode(&current)?;
+                if stored["endpoints"] != slice["endpoints"] || stored["ports"] != slice["ports"] {
+                    let mut updated = stored.clone();
+                    for field in ["endpoints", "ports", "addressType"] {
+                        updated[field] = slice[field].clone();
+                    }
+                    replace(self, &named, &current, updated).await?;
+                }
+            }
+            Err(e) if e.0.reason == flotilla_api::StatusReason::NotFound => {
+                create_object(self, &target(&slices), slice).await?;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 

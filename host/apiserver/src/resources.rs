@@ -380,6 +380,19 @@ pub fn builtin() -> Vec<ResourceDef> {
             &[],
             true,
         ),
+        ResourceDef {
+            namespaced: false,
+            has_status: false,
+            ..grouped(
+                "networking.k8s.io",
+                "IngressClass",
+                "ingressclasses",
+                "ingressclass",
+                &[],
+                &[],
+                false,
+            )
+        },
         grouped(
             "discovery.k8s.io",
             "EndpointSlice",

@@ -16,6 +16,39 @@ pub mod plugins;
 
 pub use kube;
 
+use futures::StreamExt;
+use kube::runtime::watcher;
+
+/// Sends each event of a watch stream into a component's inputs (wrapped by `wrap`), retrying
+/// the watch with kube's default backoff, until `stop` or until the inputs are closed.
+pub fn forward_watch<K, S, I>(
+    stream: S,
+    inputs: tokio::sync::mpsc::Sender<I>,
+    wrap: fn(watcher::Event<K>) -> I,
+    stop: tokio_util::sync::CancellationToken,
+    what: &'static str,
+) where
+    K: Send + 'static,
+    I: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    tokio::spawn(async move {
+        let mut stream =
+            std::pin::pin!(stream.default_backoff().take_until(stop.cancelled_owned()));
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    if inputs.send(wrap(event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!("{what} watch: {error}"),
+            }
+        }
+    });
+}
+
 /// A client for the cluster a kubeconfig describes (its current context).
 pub async fn connect(kubeconfig: &str) -> Result<kube::Client, kube::Error> {
     let config =

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use flotilla_artifacts::oci::{self, Credentials};
-use flotilla_plugin::{Limits, Module, PluginHost, World};
+use flotilla_plugin::{Health, Limits, Module, PluginHost, World};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -249,6 +249,37 @@ pub struct ComponentStatus {
     pub version: String,
 }
 
+impl ComponentStatus {
+    /// The status of a component that wants `wanted`, serves `serving` (digests), had the
+    /// latest spec refused for `refused`, and whose calls have this `health`.
+    pub fn of(
+        wanted: Option<&str>,
+        serving: Option<&str>,
+        refused: Option<&str>,
+        health: &Health,
+        version: &str,
+    ) -> Self {
+        let degraded = health.degraded();
+        let message = refused
+            .map(str::to_owned)
+            .or_else(|| degraded.then(|| health.last_error.clone()).flatten())
+            .unwrap_or_default();
+        Self {
+            digest: serving.map(str::to_owned),
+            ready: serving.is_some() && serving == wanted && refused.is_none(),
+            degraded,
+            message,
+            version: version.to_owned(),
+        }
+    }
+}
+
+/// How long to wait before loading a refused spec again: Kubernetes' image pull backoff,
+/// 10 s doubling to 5 minutes.
+pub fn load_backoff(failures: u32) -> Duration {
+    Duration::from_secs(10u64.saturating_mul(1 << failures.min(5)).min(300))
+}
+
 /// Records `status` for `component` on the WasmPlugin `name` and recomputes its conditions:
 /// Ready when every component runs the spec's digest and is ready, Degraded when any is.
 /// Retries on conflicts; gives up quietly if the plugin is gone.
@@ -449,5 +480,72 @@ async fn create_or_keep(api: &Api<DynamicObject>, object: &DynamicObject) -> Res
             object.types.as_ref().map_or("object", |t| t.kind.as_str()),
             object.metadata.name.as_deref().unwrap_or_default()
         )),
+    }
+}
+
+/// Creates a WasmPlugin of `kind` for each named built-in module this binary carries (module
+/// `builtin: <name>`, labelled `plugins.flotilla.dev/builtin`), and moves those still pointing at
+/// a built-in module to this binary's digest. Anything a user changed otherwise is left alone.
+pub async fn install_builtins(
+    client: &kube::Client,
+    kind: World,
+    names: &[&str],
+) -> Result<(), kube::Error> {
+    let plugins = api(client, "WasmPlugin");
+    for name in names {
+        let Some(builtin) = flotilla_builtins::find(name) else {
+            continue;
+        };
+        let digest = flotilla_plugin::digest(builtin.wasm);
+        match plugins.get_opt(name).await? {
+            None => {
+                let spec =
+                    json!({"kind": kind.name(), "module": {"digest": digest, "builtin": name}});
+                let mut object = object_of("WasmPlugin", name, spec).map_err(|e| {
+                    kube::Error::SerdeError(serde_json::Error::io(std::io::Error::other(e)))
+                })?;
+                object.metadata.labels = Some(
+                    [(BUILTIN_LABEL.to_owned(), "true".to_owned())]
+                        .into_iter()
+                        .collect(),
+                );
+                ignore_conflict(plugins.create(&PostParams::default(), &object).await)?;
+            }
+            Some(mut current) => {
+                let module = &current.data["spec"]["module"];
+                if module["builtin"] == *name && module["digest"] != digest.as_str() {
+                    current.data["spec"]["module"]["digest"] = json!(digest);
+                    ignore_conflict(
+                        plugins
+                            .replace(name, &PostParams::default(), &current)
+                            .await,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The label on the WasmPlugins a cluster starts with.
+pub const BUILTIN_LABEL: &str = "plugins.flotilla.dev/builtin";
+
+/// A create or replace that lost a race to another writer is fine: someone installed it.
+fn ignore_conflict<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_loads_back_off_like_image_pulls() {
+        let secs: Vec<u64> = (0..8).map(|n| load_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [10, 20, 40, 80, 160, 300, 300, 300]);
     }
 }

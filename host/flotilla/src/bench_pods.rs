@@ -368,6 +368,7 @@ async fn cold_starts(
         pod_ip: "127.0.0.1".parse()?,
         memory_limit: Some(64 << 20),
         cpu_millis: None,
+        names: None,
     };
     let mut agent = Histogram::<u64>::new(3)?;
     for _ in 0..starts {

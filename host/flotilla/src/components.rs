@@ -180,6 +180,34 @@ pub struct NodeArgs {
     /// How often running pods' configMap and secret volumes are refreshed.
     #[arg(long, default_value = "1m")]
     pub sync_frequency: humantime::Duration,
+    /// The UDP port of the node's DNS server for Service names, on the node's address (0: no
+    /// server; workloads resolve Service names either way).
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
+    /// The port of the node's plain-HTTP Ingress entry, on the node's address (0: none).
+    #[arg(long, default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// The port of the node's HTTPS Ingress entry, on the node's address (0: none).
+    #[arg(long, default_value_t = 443)]
+    pub ingress_https_port: u16,
+}
+
+/// The ports of a node's proxy: its DNS server and Ingress entries (0: not served).
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyPorts {
+    pub dns: u16,
+    pub ingress_http: u16,
+    pub ingress_https: u16,
+}
+
+impl NodeArgs {
+    pub fn proxy_ports(&self) -> ProxyPorts {
+        ProxyPorts {
+            dns: self.dns_port,
+            ingress_http: self.ingress_http_port,
+            ingress_https: self.ingress_https_port,
+        }
+    }
 }
 
 impl NodeArgs {
@@ -271,36 +299,81 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         _ => args.cluster.read()?,
     };
     options.api_ca_pem = crate::join::cluster_ca(&kubeconfig);
-    run_agent(&kubeconfig, options).await
+    run_agent(&kubeconfig, options, args.node.proxy_ports()).await
 }
 
-/// Runs a node agent until the process ends.
+/// Retries `start` while the API server is not up yet (in `up` it may still be starting).
+async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut start: impl FnMut() -> F,
+    keep_trying: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match start().await {
+            Ok(started) => return Ok(started),
+            Err(error) if delay < Duration::from_secs(5) && keep_trying(&error) => {
+                tracing::debug!("{what} failed, retrying: {error}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The proxy's Service names, as the agent's workloads look them up.
+#[derive(Debug)]
+struct ProxyNames(std::sync::Arc<flotilla_proxy::dns::Names>);
+
+impl flotilla_node::runtime::ServiceNames for ProxyNames {
+    fn resolve(&self, name: &str, namespace: &str) -> Option<Vec<std::net::IpAddr>> {
+        match self.0.resolve(name, namespace) {
+            flotilla_proxy::dns::Lookup::Found(addresses) => Some(addresses),
+            flotilla_proxy::dns::Lookup::NoSuchService => Some(Vec::new()),
+            flotilla_proxy::dns::Lookup::NotCluster => None,
+        }
+    }
+}
+
+/// Runs a node agent and its service proxy (with its DNS server and Ingress entries on the
+/// node's address, on the ports that are not 0) until the process ends.
 pub async fn run_agent(
     kubeconfig: &str,
-    options: flotilla_node::AgentOptions,
+    mut options: flotilla_node::AgentOptions,
+    ports: ProxyPorts,
 ) -> anyhow::Result<()> {
     let client = flotilla_client::connect(kubeconfig)
         .await
         .context("cannot make a client from the kubeconfig")?;
     let node = options.node_name.clone();
     let cidr = format!("{}/{}", options.pod_cidr.0, options.pod_cidr.1);
-    // The API server may still be starting (in `up`): retry registration for a while.
-    let mut delay = Duration::from_millis(100);
-    let agent = loop {
-        match flotilla_node::start(client.clone(), options.clone()).await {
-            Ok(agent) => break agent,
-            Err(flotilla_node::AgentError::Register { source, .. })
-                if delay < Duration::from_secs(5) =>
-            {
-                tracing::debug!("node registration failed, retrying: {source}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
+    let plugin_host = PluginHost::new(EngineConfig {
+        cache_dir: Some(options.data_dir.join("plugin-cache")),
+        ..EngineConfig::default()
+    })?;
+    let mut proxy_options = flotilla_proxy::Options::new(&node, options.node_ip, plugin_host);
+    let on_node = |port: u16| (port != 0).then(|| std::net::SocketAddr::new(options.node_ip, port));
+    proxy_options.dns = on_node(ports.dns);
+    proxy_options.ingress_http = on_node(ports.ingress_http);
+    proxy_options.ingress_https = on_node(ports.ingress_https);
+    let proxy = retrying(
+        "starting the service proxy",
+        || flotilla_proxy::start(client.clone(), proxy_options.clone()),
+        |_| true,
+    )
+    .await
+    .context("cannot start the service proxy")?;
+    options.service_names = Some(std::sync::Arc::new(ProxyNames(proxy.names())));
+    let agent = retrying(
+        "node registration",
+        || flotilla_node::start(client.clone(), options.clone()),
+        |e| matches!(e, flotilla_node::AgentError::Register { .. }),
+    )
+    .await?;
     println!("flotilla: node {node} running pods (pod CIDR {cidr})");
-    let _agent = agent;
+    println!("flotilla: node {node} proxying services");
+    let _running = (agent, proxy);
     std::future::pending().await
 }
 

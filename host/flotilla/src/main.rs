@@ -103,6 +103,7 @@ impl ServeArgs {
         };
         Ok(server::ServerConfig {
             agent,
+            proxy_ports: self.node.proxy_ports(),
             data_dir: self.data_dir,
             datastore,
             listen: self.listen,

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub controllers: bool,
     /// Run a node agent in this process, as this node (`up`).
     pub agent: Option<flotilla_node::AgentOptions>,
+    /// That node's proxy's DNS and Ingress ports.
+    pub proxy_ports: crate::components::ProxyPorts,
     /// Where Services' ClusterIPs and NodePorts come from.
     pub service_ranges: flotilla_apiserver::ServiceRanges,
 }
@@ -176,6 +178,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                 ca_pem: pki.ca_pem().to_owned(),
             }),
         service_ranges: config.service_ranges.clone(),
+        advertise: Some(advertised(address, config.agent.as_ref())),
         ..ApiOptions::default()
     };
     let api = ApiServer::with_options(store.clone(), options);
@@ -211,8 +214,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if let Some(mut options) = config.agent.clone() {
         let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &agent_token);
         options.api_ca_pem = Some(pki.ca_pem().to_owned());
+        let ports = config.proxy_ports;
         tokio::spawn(async move {
-            if let Err(error) = crate::components::run_agent(&kubeconfig, options).await {
+            if let Err(error) = crate::components::run_agent(&kubeconfig, options, ports).await {
                 tracing::error!("the node agent stopped: {error:#}");
             }
         });
@@ -226,6 +230,18 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("server failed")?;
     println!("flotilla: stopped");
     Ok(())
+}
+
+/// The address pods and nodes reach the API server on: the one it listens on, or, when that is
+/// every address, the node's (in `up`) or the loopback address.
+fn advertised(listen: SocketAddr, agent: Option<&flotilla_node::AgentOptions>) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let ip = agent.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), |a| {
+        a.node_ip
+    });
+    SocketAddr::new(ip, listen.port())
 }
 
 /// How long a health check waits for the store.

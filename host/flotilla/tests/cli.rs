@@ -1393,11 +1393,16 @@ fn place_web_pod(kubeconfig: &Path, name: &str) -> (String, String) {
 
 /// Waits until the scheduler in `up` reports running `digest` for a WasmPlugin.
 fn wait_for_digest(kubeconfig: &Path, plugin: &str, digest: &str) {
+    wait_for_component_digest(kubeconfig, plugin, "scheduler/up", digest);
+}
+
+/// Waits until `component` reports running `digest` on the WasmPlugin `plugin`.
+fn wait_for_component_digest(kubeconfig: &Path, plugin: &str, component: &str, digest: &str) {
     kubectl_ok(
         kubeconfig,
         &[
             "wait",
-            &format!("--for=jsonpath={{.status.components['scheduler/up'].digest}}={digest}"),
+            &format!("--for=jsonpath={{.status.components['{component}'].digest}}={digest}"),
             &format!("wasmplugin/{plugin}"),
             "--timeout=30s",
         ],
@@ -4831,5 +4836,858 @@ fn pods_benchmark_reports_the_agent_next_to_its_peers() {
     assert!(
         stdout.contains("Idle pods: 10 `wasi:cli` pods asleep"),
         "{stdout}"
+    );
+}
+
+/// Addresses no other test uses: a pod CIDR, a service CIDR and a node IP in one /24 of the
+/// loopback range.
+fn service_addresses() -> (String, String, String) {
+    let pods = cluster_cidr();
+    let block = pods.trim_end_matches(".0/24").to_owned();
+    (
+        format!("{block}.0/25"),
+        format!("{block}.128/26"),
+        format!("{block}.250"),
+    )
+}
+
+/// One HTTP/1.1 GET on a connection of its own from `source` (any address when none):
+/// the status code and the body.
+fn http_get_from(address: &str, source: Option<&str>) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let target: std::net::SocketAddr = address.parse().map_err(std::io::Error::other)?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(source) = source {
+        let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        socket.bind(&from.into())?;
+    }
+    socket.connect_timeout(&target.into(), std::time::Duration::from_secs(5))?;
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok((status, body.trim().to_owned()))
+}
+
+/// Which pod answered: `Hello from <pod>!…` gives `<pod>`.
+fn greeter(body: &str) -> String {
+    let greeting = body.trim_start_matches("Hello from ");
+    greeting.split('!').next().unwrap_or(greeting).to_owned()
+}
+
+/// How many of `count` requests to `address` each pod answered; panics on a failed request.
+fn answers_by_pod(
+    address: &str,
+    source: Option<&str>,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut by_pod = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let (status, body) =
+            http_get_from(address, source).unwrap_or_else(|e| panic!("GET {address}: {e}"));
+        assert_eq!(status, 200, "GET {address}: {body}");
+        *by_pod.entry(greeter(&body)).or_insert(0) += 1;
+    }
+    by_pod
+}
+
+/// A Deployment `web` of `replicas` hello-http pods, each greeting with its pod name, with
+/// `pod_spec` (indented YAML) added to the pod spec.
+fn web_deployment(hello: &Path, replicas: u32, pod_spec: &str) -> String {
+    app_deployment("web", hello, replicas, pod_spec)
+}
+
+/// [`web_deployment`] for the app (and Deployment) `app`.
+fn app_deployment(app: &str, hello: &Path, replicas: u32, pod_spec: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+{pod_spec}      containers:
+      - name: web
+        image: {}
+        ports: [{{name: web, containerPort: 8080}}]
+        env: [{{name: GREETING_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+"#,
+        hello.display()
+    )
+}
+
+/// The names of the Running, ready pods of `app`.
+fn ready_pod_names(kubeconfig: &Path, app: &str) -> std::collections::BTreeSet<String> {
+    live_pods(kubeconfig, app)
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until requests to `address` reach every ready pod of `app` and only those.
+fn wait_until_served_by_ready_pods(kubeconfig: &Path, address: &str, app: &str) {
+    eventually(
+        std::time::Duration::from_secs(60),
+        &format!("{address} served by every ready pod of {app}"),
+        || {
+            let ready = ready_pod_names(kubeconfig, app);
+            let answered: std::collections::BTreeSet<String> = (0..ready.len() * 4)
+                .filter_map(|_| http_get_from(address, None).ok())
+                .filter(|(status, _)| *status == 200)
+                .map(|(_, body)| greeter(&body))
+                .collect();
+            (!ready.is_empty() && answered == ready).then_some(())
+        },
+    );
+}
+
+/// The ClusterIP and the NodePorts (by port name) of a Service.
+fn service_addresses_of(
+    kubeconfig: &Path,
+    name: &str,
+) -> (String, std::collections::BTreeMap<String, u16>) {
+    let service = object_json(kubeconfig, "service", name);
+    let ip = service["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let node_ports = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_owned(),
+                p["nodePort"].as_u64()? as u16,
+            ))
+        })
+        .collect();
+    (ip, node_ports)
+}
+
+/// Waits until this node's proxy runs the WasmPlugin `plugin` and says it is ready.
+fn wait_for_proxy_strategy(kubeconfig: &Path, plugin: &str, node: &str) {
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "wait",
+            &format!("--for=jsonpath={{.status.components['proxy/{node}'].ready}}=true"),
+            &format!("wasmplugin/{plugin}"),
+            "--timeout=60s",
+        ],
+    );
+}
+
+#[test]
+fn services_carry_traffic_to_ready_pods_by_cluster_ip_and_node_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods, services, node_ip) = service_addresses();
+    let data = dir.path().join("data");
+    let up = start(&[
+        "up",
+        "--node-name",
+        "node-a",
+        "--pod-cidr",
+        &pods,
+        "--service-cidr",
+        &services,
+        "--node-ip",
+        &node_ip,
+        "--dns-port",
+        "5353",
+        "--agent-port",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let kubeconfig = up.kubeconfig.clone();
+    let hello = builtin_module(dir.path(), "hello-http");
+    let manifest = format!(
+        "{}---\n{}",
+        web_deployment(&hello, 3, ""),
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: web}
+  - {name: raw, port: 81, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pods}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nobody}
+  ports: [{name: http, port: 80}]
+"#
+    );
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+    apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
+    let status = kubectl_ok(
+        &kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let (cluster_ip, node_ports) = service_addresses_of(&kubeconfig, "web");
+    assert!(
+        cluster_ip.starts_with(services.trim_end_matches(".128/26")),
+        "{cluster_ip}"
+    );
+    let http = format!("{cluster_ip}:80");
+    let raw = format!("{cluster_ip}:81");
+    let node_http = format!("{node_ip}:{}", node_ports["http"]);
+    let node_raw = format!("{node_ip}:{}", node_ports["raw"]);
+    wait_until_served_by_ready_pods(&kubeconfig, &http, "web");
+    let pods = ready_pod_names(&kubeconfig, "web");
+    assert_eq!(pods.len(), 3, "{pods:?}");
+
+    // The native round-robin: per request at L7, per connection at L4, on the ClusterIP and
+    // on the NodePort alike.
+    for address in [&http, &raw, &node_http, &node_raw] {
+        let by_pod = answers_by_pod(address, None, 30);
+        assert_eq!(
+            by_pod
+                .keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            pods,
+            "{address}: {by_pod:?}"
+        );
+        assert!(by_pod.values().all(|n| *n == 10), "{address}: {by_pod:?}");
+    }
+
+    // The node's DNS server knows the Services by name; a headless one by its pods' IPs.
+    let dns = format!("{node_ip}:5353");
+    assert_eq!(
+        dns_lookup(&dns, "web.default.svc.cluster.local."),
+        (0, vec![cluster_ip.clone()])
+    );
+    assert_eq!(
+        dns_lookup(&dns, "web.default."),
+        (0, vec![cluster_ip.clone()])
+    );
+    assert_eq!(
+        dns_lookup(&dns, "absent.default.svc.cluster.local.").0,
+        3,
+        "NXDOMAIN"
+    );
+    let mut pod_ips: Vec<String> = live_pods(&kubeconfig, "web")
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_owned())
+        .collect();
+    pod_ips.sort();
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the headless Service's pods in DNS",
+        || {
+            let (code, mut ips) = dns_lookup(&dns, "pods.default.svc.cluster.local.");
+            ips.sort();
+            (code == 0 && ips == pod_ips).then_some(())
+        },
+    );
+    // The `kubernetes` Service carries clients to the API server.
+    let (api_ip, _) = service_addresses_of(&kubeconfig, "kubernetes");
+    assert_eq!(
+        dns_lookup(&dns, "kubernetes.default.svc.cluster.local.").1,
+        vec![api_ip.clone()]
+    );
+    let api = std::net::TcpStream::connect(format!("{api_ip}:443"));
+    assert!(api.is_ok(), "{api:?}");
+
+    // Workloads resolve Service names in their own lookups, short and qualified.
+    let workload = builtin_module(dir.path(), "workload");
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "echo.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: echo, labels: {{app: echo}}}}
+spec:
+  containers: [{{name: echo, image: {workload}, args: [serve, "9000"]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{port: 9000}}]
+"#,
+            workload = workload.display()
+        ),
+    );
+    let (echo_cluster_ip, _) = service_addresses_of(&kubeconfig, "echo");
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the echo Service",
+        || {
+            use std::io::Read;
+            let mut stream =
+                std::net::TcpStream::connect(format!("{echo_cluster_ip}:9000")).ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.contains(" from ").then_some(())
+        },
+    );
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "client.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: client
+    image: {workload}
+    args: [fetch, "echo:9000", fetch, "echo.default.svc.cluster.local:9000", print, done]
+"#,
+            workload = workload.display()
+        ),
+    );
+    let logs = logs_holding(&kubeconfig, "client", "done");
+    let echo_ip = pod_json(&kubeconfig, "echo")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        logs.matches(&format!("{echo_ip}:9000 from ")).count(),
+        2,
+        "{logs}"
+    );
+
+    // A Service without endpoints says so.
+    let (nobody_ip, _) = service_addresses_of(&kubeconfig, "nobody");
+    let (status, body) = http_get_from(&format!("{nobody_ip}:80"), None).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no endpoints available"), "{body}");
+
+    // ClientIP affinity: each client stays with one pod.
+    wait_for_proxy_strategy(&kubeconfig, "client-ip-affinity", "node-a");
+    let (sticky_ip, _) = service_addresses_of(&kubeconfig, "sticky");
+    let sticky = format!("{sticky_ip}:80");
+    for source in ["127.0.0.1", node_ip.as_str()] {
+        let by_pod = answers_by_pod(&sticky, Some(source), 20);
+        assert_eq!(by_pod.len(), 1, "from {source}: {by_pod:?}");
+    }
+
+    // A deleted pod gets no more requests, and none fails meanwhile.
+    let gone = pods.iter().next().unwrap().clone();
+    kubectl_ok(&kubeconfig, &["delete", "pod", &gone, "--wait=false"]);
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the deleted pod out of the endpoints",
+        || {
+            let slices = kubectl_ok(
+                &kubeconfig,
+                &[
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=web",
+                    "-o",
+                    "json",
+                ],
+            );
+            let slices: serde_json::Value = serde_json::from_str(&slices).unwrap();
+            let still_ready = slices["items"].as_array().unwrap().iter().any(|slice| {
+                slice["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| {
+                        e["targetRef"]["name"] == gone.as_str() && e["conditions"]["ready"] == true
+                    })
+            });
+            (!still_ready).then_some(())
+        },
+    );
+    let by_pod = answers_by_pod(&http, None, 30);
+    assert!(
+        !by_pod.contains_key(&gone),
+        "{gone} still answered: {by_pod:?}"
+    );
+    kubectl_ok(
+        &kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    );
+    wait_until_served_by_ready_pods(&kubeconfig, &http, "web");
+}
+
+#[test]
+fn a_strategy_is_swapped_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods, services, node_ip) = service_addresses();
+    let data = dir.path().join("data");
+    let up = start(&[
+        "up",
+        "--node-name",
+        "node-a",
+        "--pod-cidr",
+        &pods,
+        "--service-cidr",
+        &services,
+        "--node-ip",
+        &node_ip,
+        "--agent-port",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let kubeconfig = up.kubeconfig.clone();
+    let hello = builtin_module(dir.path(), "hello-http");
+    let manifest = format!(
+        "{}---\n{}",
+        web_deployment(&hello, 3, ""),
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  annotations: {proxy.flotilla.dev/strategy: round-robin}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: web}]
+"#
+    );
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+    apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
+    kubectl_ok(
+        &kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    );
+    wait_for_proxy_strategy(&kubeconfig, "round-robin", "node-a");
+    let (cluster_ip, _) = service_addresses_of(&kubeconfig, "web");
+    let url = format!("http://{cluster_ip}:80/");
+    wait_until_served_by_ready_pods(&kubeconfig, &format!("{cluster_ip}:80"), "web");
+
+    // The WASM round-robin takes turns exactly, as the native one does.
+    let by_pod = answers_by_pod(&format!("{cluster_ip}:80"), None, 30);
+    assert!(
+        by_pod.len() == 3 && by_pod.values().all(|n| *n == 10),
+        "{by_pod:?}"
+    );
+
+    // Keep-alive load while the WasmPlugin's module is replaced (by `random`'s).
+    let load = Command::new("hey")
+        .args(["-z", "8s", "-c", "8", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hey (scripts/deps installs it)");
+    let random = builtin_module(dir.path(), "random");
+    let digest = flotilla_plugin::digest(&std::fs::read(&random).unwrap());
+    push_plugin(&kubeconfig, &random, "round-robin", "proxy-strategy", None);
+    wait_for_component_digest(&kubeconfig, "round-robin", "proxy/node-a", &digest);
+    let output = load.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let codes = report
+        .split("Status code distribution:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status codes in {report}"));
+    let codes: Vec<&str> = codes
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| l.starts_with('['))
+        .collect();
+    assert!(
+        codes.len() == 1 && codes[0].starts_with("[200]"),
+        "{report}"
+    );
+    assert!(!report.contains("Error distribution"), "{report}");
+    let served: u64 = codes[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(served > 1000, "{report}");
+    // The swap landed while the load ran: the proxy says so, and picks are random now.
+    let plugin = object_json(&kubeconfig, "wasmplugin", "round-robin");
+    assert_eq!(
+        plugin["status"]["components"]["proxy/node-a"]["digest"],
+        digest.as_str()
+    );
+    let by_pod = answers_by_pod(&format!("{cluster_ip}:80"), None, 60);
+    assert_eq!(by_pod.len(), 3, "{by_pod:?}");
+}
+
+#[test]
+fn traffic_entering_one_node_reaches_pods_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods_a, services, node_a) = service_addresses();
+    let (pods_b, _, node_b) = service_addresses();
+    let up = start(&[
+        "up",
+        "--disable-agent",
+        "--service-cidr",
+        &services,
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let kubeconfig = up.kubeconfig.clone();
+    let agent = |name: &str, pods: &str, ip: &str| {
+        let data = dir.path().join(name);
+        agent_process(
+            &[
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--node-name",
+                name,
+                "--pod-cidr",
+                pods,
+                "--node-ip",
+                ip,
+                "--port",
+                "0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            "proxying services",
+        )
+    };
+    let _a = agent("node-a", &pods_a, &node_a);
+    let _b = agent("node-b", &pods_b, &node_b);
+    for node in ["node-a", "node-b"] {
+        kubectl_ok(
+            &kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("node/{node}"),
+                "--timeout=60s",
+            ],
+        );
+    }
+    let hello = builtin_module(dir.path(), "hello-http");
+    let manifest = format!(
+        "{}---\n{}",
+        web_deployment(
+            &hello,
+            2,
+            "      nodeSelector: {kubernetes.io/hostname: node-a}\n"
+        ),
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: web}]
+"#
+    );
+    apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
+    kubectl_ok(
+        &kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    );
+    for pod in live_pods(&kubeconfig, "web") {
+        assert_eq!(pod["spec"]["nodeName"], "node-a");
+        assert!(
+            pod["status"]["podIP"]
+                .as_str()
+                .unwrap()
+                .starts_with(pods_a.trim_end_matches(".0/25"))
+        );
+    }
+    let (cluster_ip, node_ports) = service_addresses_of(&kubeconfig, "web");
+    // Node B runs none of the pods; its NodePort and the ClusterIP (which both nodes' proxies
+    // serve) reach them on node A.
+    for address in [
+        format!("{node_b}:{}", node_ports["http"]),
+        format!("{node_a}:{}", node_ports["http"]),
+        format!("{cluster_ip}:80"),
+    ] {
+        wait_until_served_by_ready_pods(&kubeconfig, &address, "web");
+    }
+    let by_pod = answers_by_pod(&format!("{node_b}:{}", node_ports["http"]), None, 20);
+    assert!(
+        by_pod.len() == 2 && by_pod.values().all(|n| *n == 10),
+        "{by_pod:?}"
+    );
+}
+
+/// Asks the DNS server at `server` for `name`'s A records: the response code and addresses.
+fn dns_lookup(server: &str, name: &str) -> (u16, Vec<String>) {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut query = Message::new();
+    query
+        .set_id(7)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    socket.send_to(&query.to_vec().unwrap(), server).unwrap();
+    let mut buffer = [0u8; 4096];
+    let (length, _) = socket.recv_from(&mut buffer).unwrap();
+    let reply = Message::from_vec(&buffer[..length]).unwrap();
+    assert_eq!(reply.id(), 7);
+    let ips = reply
+        .answers()
+        .iter()
+        .map(|r| r.data().to_string())
+        .collect();
+    (u16::from(reply.response_code()), ips)
+}
+
+/// `curl` of `url`, with `host:port` resolved to `ip` and `ca` trusted: the status and the body.
+fn curl(url: &str, resolve: &str, ca: &Path) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", resolve, "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "curl {url}: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.trim().to_owned())
+}
+
+#[test]
+fn an_ingress_routes_by_host_and_path_over_http_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods, services, node_ip) = service_addresses();
+    let data = dir.path().join("data");
+    let up = start(&[
+        "up",
+        "--node-name",
+        "node-a",
+        "--pod-cidr",
+        &pods,
+        "--service-cidr",
+        &services,
+        "--node-ip",
+        &node_ip,
+        "--ingress-http-port",
+        "8080",
+        "--ingress-https-port",
+        "8443",
+        "--agent-port",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let kubeconfig = up.kubeconfig.clone();
+    // A certificate for shop.test signed by a CA of the test's own.
+    let tls = dir.path().join("tls");
+    flotilla_apiserver::pki::Pki::load_or_create(&tls, &["shop.test".into()]).unwrap();
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "create",
+            "secret",
+            "tls",
+            "shop-tls",
+            "--cert",
+            tls.join("server.crt").to_str().unwrap(),
+            "--key",
+            tls.join("server.key").to_str().unwrap(),
+        ],
+    );
+    let class = object_json(&kubeconfig, "ingressclass", "flotilla");
+    assert_eq!(class["spec"]["controller"], "flotilla.dev/ingress-proxy");
+    let hello = builtin_module(dir.path(), "hello-http");
+    let manifest = format!(
+        "{}---\n{}---\n{}",
+        app_deployment("web", &hello, 2, ""),
+        app_deployment("api", &hello, 1, ""),
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {app: api}
+  ports: [{port: 9000, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop}
+spec:
+  ingressClassName: flotilla
+  defaultBackend: {service: {name: web, port: {name: http}}}
+  tls: [{hosts: [shop.test], secretName: shop-tls}]
+  rules:
+  - host: shop.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 9000}}}}
+  - host: "*.other.test"
+    http:
+      paths:
+      - {path: /exact, pathType: Exact, backend: {service: {name: api, port: {number: 9000}}}}
+      - {path: /missing, pathType: Prefix, backend: {service: {name: absent, port: {number: 80}}}}
+"#
+    );
+    apply_manifest(&kubeconfig, dir.path(), "shop.yaml", &manifest);
+    for app in ["web", "api"] {
+        kubectl_ok(
+            &kubeconfig,
+            &[
+                "rollout",
+                "status",
+                &format!("deployment/{app}"),
+                "--timeout=90s",
+            ],
+        );
+    }
+    let ca = tls.join("ca.crt");
+    let https = |host: &str, path: &str| {
+        curl(
+            &format!("https://{host}:8443{path}"),
+            &format!("{host}:8443:{node_ip}"),
+            &ca,
+        )
+    };
+    let http = |host: &str, path: &str| {
+        curl(
+            &format!("http://{host}:8080{path}"),
+            &format!("{host}:8080:{node_ip}"),
+            &ca,
+        )
+    };
+    let app_of = |(status, body): (u16, String)| {
+        assert_eq!(status, 200, "{body}");
+        greeter(&body).split('-').next().unwrap().to_owned()
+    };
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the Ingress routes",
+        || {
+            let (status, body) = http("shop.test", "/api/items");
+            (status == 200 && greeter(&body).starts_with("api-")).then_some(())
+        },
+    );
+    // Over TLS, the certificate is the Secret's, chosen by SNI (curl checks it against the
+    // test's CA and the name).
+    assert_eq!(app_of(https("shop.test", "/")), "web");
+    assert_eq!(app_of(https("shop.test", "/cart")), "web");
+    assert_eq!(app_of(https("shop.test", "/api")), "api");
+    assert_eq!(app_of(https("shop.test", "/api/items")), "api");
+    assert_eq!(
+        app_of(https("shop.test", "/apiary")),
+        "web",
+        "prefixes match by element"
+    );
+    // Plain HTTP, a wildcard host, Exact paths and the default backend.
+    assert_eq!(app_of(http("shop.test", "/api/items")), "api");
+    assert_eq!(app_of(http("a.other.test", "/exact")), "api");
+    assert_eq!(
+        app_of(http("a.other.test", "/exact/more")),
+        "web",
+        "default backend"
+    );
+    assert_eq!(app_of(http("unknown.test", "/")), "web", "default backend");
+    let (status, body) = http("a.other.test", "/missing");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("absent"), "{body}");
+    // Both web pods take requests through the Ingress.
+    let webs: std::collections::BTreeSet<String> = (0..8)
+        .map(|_| greeter(&https("shop.test", "/").1))
+        .collect();
+    assert_eq!(webs.len(), 2, "{webs:?}");
+
+    // An Ingress of another class is not served here.
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "other.yaml",
+        r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: elsewhere}
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: elsewhere.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 9000}}}}
+"#,
+    );
+    // A later change to a served Ingress shows the proxy has seen the other one meanwhile.
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "patch",
+            "ingress",
+            "shop",
+            "--type=json",
+            "-p",
+            r#"[{"op": "add", "path": "/spec/rules/-", "value": {"host": "later.test", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}}]}}}]"#,
+        ],
+    );
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the patched rule",
+        || (app_of(http("later.test", "/")) == "api").then_some(()),
+    );
+    assert_eq!(
+        app_of(http("elsewhere.test", "/")),
+        "web",
+        "default backend, not api"
     );
 }

@@ -55,6 +55,9 @@ pub struct AgentOptions {
     pub port: u16,
     /// The cluster CA (PEM): the agent serves only clients it signed, the API server.
     pub api_ca_pem: Option<String>,
+    /// The cluster's Service names (the node's proxy's), which workloads' name lookups
+    /// resolve; none: workloads resolve through the host's resolver only.
+    pub service_names: Option<Arc<dyn crate::runtime::ServiceNames>>,
 }
 
 impl AgentOptions {
@@ -76,6 +79,7 @@ impl AgentOptions {
             backoff: BackoffPolicy::default(),
             port: 10250,
             api_ca_pem: None,
+            service_names: None,
         }
     }
 }
@@ -426,6 +430,7 @@ pub async fn start(client: kube::Client, options: AgentOptions) -> Result<Agent,
         node_memory: memory,
         logs: Arc::new(crate::server::LogIndex::default()),
         http_stats: Mutex::new(BTreeMap::new()),
+        service_names: options.service_names.clone(),
     });
     let stop = CancellationToken::new();
     tokio::spawn(crate::server::serve(

@@ -85,6 +85,8 @@ pub(crate) struct NodeContext {
     pub logs: Arc<crate::server::LogIndex>,
     /// HTTP containers' request counters, by pod uid and container, for tests and status.
     pub http_stats: Mutex<BTreeMap<(String, String), Arc<HttpStats>>>,
+    /// Service names for workloads' lookups.
+    pub service_names: Option<Arc<dyn crate::runtime::ServiceNames>>,
 }
 
 fn now() -> String {
@@ -522,6 +524,10 @@ impl PodRun {
             pod_ip: self.ip,
             memory_limit: spec::memory_limit(&container),
             cpu_millis: spec::cpu_limit(&container),
+            names: self.ctx.service_names.clone().map(|names| {
+                let namespace = self.pod.metadata.namespace.clone().unwrap_or_default();
+                (names, namespace)
+            }),
         };
         self.event(
             init,

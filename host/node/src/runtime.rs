@@ -143,6 +143,16 @@ pub struct Sandbox {
     pub memory_limit: Option<usize>,
     /// `resources.limits.cpu`, in millicores.
     pub cpu_millis: Option<u32>,
+    /// The cluster's Service names, and the pod's namespace short names resolve in.
+    pub names: Option<(Arc<dyn ServiceNames>, String)>,
+}
+
+/// The cluster's Service names, as the node's proxy knows them.
+pub trait ServiceNames: Send + Sync + std::fmt::Debug {
+    /// The addresses of `name` for a pod in `namespace` (`svc`, `svc.ns`, `svc.ns.svc`,
+    /// `svc.ns.svc.cluster.local`): `Some` for a cluster name (empty when it names no Service
+    /// with addresses), `None` for other names, which the host's resolver answers.
+    fn resolve(&self, name: &str, namespace: &str) -> Option<Vec<IpAddr>>;
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -196,6 +206,9 @@ pub(crate) struct WorkloadState {
     oom: bool,
     /// Where a bind to the wildcard address lands.
     pod_ip: IpAddr,
+    names: Option<(Arc<dyn ServiceNames>, String)>,
+    /// Name lookups made: spreads those of multi-address names over their addresses.
+    lookups: usize,
 }
 
 impl WasiView for WorkloadState {
@@ -292,6 +305,8 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| runtime_error("cannot link wasi:http", e))?;
         bind_to_pod_ip(&mut linker).map_err(|e| runtime_error("cannot link wasi:sockets", e))?;
+        resolve_service_names(&mut linker)
+            .map_err(|e| runtime_error("cannot link wasi:sockets", e))?;
         let cache = ArtifactCache::new(&engine, config.cache_dir)
             .map_err(|e| runtime_error("cannot open the artifact cache", e))?;
 
@@ -409,6 +424,8 @@ impl Runtime {
             memory_limit: sandbox.memory_limit.unwrap_or(usize::MAX),
             oom: false,
             pod_ip: sandbox.pod_ip,
+            names: sandbox.names.clone(),
+            lookups: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
@@ -652,6 +669,52 @@ fn bind_to_pod_ip(linker: &mut Linker<WorkloadState>) -> wasmtime::Result<()> {
                 let mut view = state.sockets();
                 result(HostUdpSocket::start_bind(&mut view, this, network, address).await)
             })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Service names resolve in the guest as in a pod's cluster DNS: `resolve-addresses` of a
+/// cluster name answers the Service's address from the node's proxy (one of a headless
+/// Service's ready pod IPs per lookup, taken in turn) or fails as unresolvable when no such
+/// Service has one; other names go to WASI's own resolver.
+fn resolve_service_names(linker: &mut Linker<WorkloadState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host, ResolveAddressStream};
+    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Network};
+    use wasmtime_wasi::sockets::WasiSocketsView;
+
+    linker.allow_shadowing(true);
+    let mut lookup = linker.instance(&format!(
+        "wasi:sockets/ip-name-lookup@{WASI_SOCKETS_VERSION}"
+    ))?;
+    lookup.func_wrap(
+        "resolve-addresses",
+        |mut store,
+         (network, name): (Resource<Network>, String)|
+         -> wasmtime::Result<(Result<Resource<ResolveAddressStream>, ErrorCode>,)> {
+            let state = store.data_mut();
+            let cluster = state
+                .names
+                .as_ref()
+                .and_then(|(names, namespace)| names.resolve(&name, namespace));
+            let name = match cluster {
+                None => name,
+                Some(addresses) if addresses.is_empty() => {
+                    return Ok((Err(ErrorCode::NameUnresolvable),));
+                }
+                Some(addresses) => {
+                    state.lookups = state.lookups.wrapping_add(1);
+                    addresses[state.lookups % addresses.len()].to_string()
+                }
+            };
+            // An address literal resolves to itself.
+            let mut view = state.sockets();
+            Ok((match Host::resolve_addresses(&mut view, network, name) {
+                Ok(stream) => Ok(stream),
+                Err(e) => Err(e.downcast()?),
+            },))
         },
     )?;
     linker.allow_shadowing(false);

@@ -4,7 +4,8 @@
 //! plugins still pointing at a built-in module follow this binary's digest; anything a user
 //! changed otherwise is left alone.
 
-use flotilla_client::plugins::{GROUP, VERSION, api};
+use flotilla_client::plugins::{self, GROUP, VERSION, api};
+use flotilla_plugin::World;
 use kube::api::{DynamicObject, PostParams};
 use serde_json::{Value, json};
 
@@ -49,41 +50,8 @@ pub fn default_profile() -> Value {
 
 /// Creates or refreshes the built-in plugins and the default profile.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
-    let plugins = api(client, "WasmPlugin");
-    for (name, _, _) in BUILTIN_POLICIES {
-        let Some(builtin) = flotilla_builtins::find(name) else {
-            continue;
-        };
-        let digest = flotilla_plugin::digest(builtin.wasm);
-        match plugins.get_opt(name).await? {
-            None => {
-                let spec = json!({"kind": "scheduler-policy",
-                    "module": {"digest": digest, "builtin": name}});
-                match plugins
-                    .create(&PostParams::default(), &object("WasmPlugin", name, spec))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Some(mut current) => {
-                let module = &current.data["spec"]["module"];
-                if module["builtin"] == *name && module["digest"] != digest.as_str() {
-                    current.data["spec"]["module"]["digest"] = json!(digest);
-                    match plugins
-                        .replace(name, &PostParams::default(), &current)
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(s)) if s.code == 409 => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-    }
+    let names: Vec<&str> = BUILTIN_POLICIES.iter().map(|(name, _, _)| *name).collect();
+    plugins::install_builtins(client, World::SchedulerPolicy, &names).await?;
     let profiles = api(client, "SchedulerProfile");
     if profiles.get_opt(DEFAULT_SCHEDULER).await?.is_none() {
         match profiles

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use flotilla_client::plugins::{self, ComponentStatus, WasmPluginSpec};
 use flotilla_plugin::bindings::scheduling::{self as wit, Change, Prepared};
 use flotilla_plugin::{Health, Limits, Module, PluginHost, SchedulerPolicy, Services};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
 use kube::runtime::watcher;
@@ -157,13 +156,14 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
     }
     let (tx, rx) = mpsc::channel(4096);
     let stop = CancellationToken::new();
-    forward(
+    flotilla_client::forward_watch(
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
         tx.clone(),
         |e| Input::Node(Box::new(e)),
         stop.clone(),
+        "scheduler",
     );
-    forward(
+    flotilla_client::forward_watch(
         watcher(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
@@ -171,8 +171,9 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         tx.clone(),
         |e| Input::Pod(Box::new(e)),
         stop.clone(),
+        "scheduler",
     );
-    forward(
+    flotilla_client::forward_watch(
         watcher(
             plugins::api(&client, "SchedulerProfile"),
             watcher::Config::default(),
@@ -180,8 +181,9 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         tx.clone(),
         |e| Input::Profile(Box::new(e)),
         stop.clone(),
+        "scheduler",
     );
-    forward(
+    flotilla_client::forward_watch(
         watcher(
             plugins::api(&client, "WasmPlugin"),
             watcher::Config::default(),
@@ -189,6 +191,7 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         tx.clone(),
         |e| Input::Plugin(Box::new(e)),
         stop.clone(),
+        "scheduler",
     );
     let leading = if options.leader_election {
         flotilla_client::leader::elect(
@@ -228,33 +231,6 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
     };
     tokio::spawn(scheduler.run(rx, stop.clone()));
     Ok(Handle { stats, stop })
-}
-
-/// Sends each event of a watch stream into the scheduler's inputs, retrying with backoff.
-fn forward<K, S>(
-    stream: S,
-    tx: mpsc::Sender<Input>,
-    wrap: fn(watcher::Event<K>) -> Input,
-    stop: CancellationToken,
-) where
-    K: Send + 'static,
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-{
-    use kube::runtime::WatchStreamExt;
-    tokio::spawn(async move {
-        let mut stream =
-            std::pin::pin!(stream.default_backoff().take_until(stop.cancelled_owned()));
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    if tx.send(wrap(event)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => tracing::warn!("scheduler watch: {error}"),
-            }
-        }
-    });
 }
 
 /// Nodes by the index the policies know them by.
@@ -397,12 +373,6 @@ struct Scheduler {
 }
 
 /// Kubernetes' `numFeasibleNodesToFind`.
-/// How long to wait before loading a refused spec again: Kubernetes' image pull backoff,
-/// 10 s doubling to 5 minutes.
-fn load_backoff(failures: u32) -> Duration {
-    Duration::from_secs(10u64.saturating_mul(1 << failures.min(5)).min(300))
-}
-
 fn feasible_to_find(total: usize, percentage: u32) -> usize {
     if total < MIN_FEASIBLE {
         return total;
@@ -812,7 +782,7 @@ impl Scheduler {
                 slot.refused = Some(format!("refused {}: {error}", spec.module.digest));
                 // A registry or a pull secret may come back: try again, as image pulls do.
                 if slot.spec.as_ref() == Some(&spec) {
-                    let delay = load_backoff(slot.failed_loads);
+                    let delay = plugins::load_backoff(slot.failed_loads);
                     slot.failed_loads = slot.failed_loads.saturating_add(1);
                     let inputs = self.inputs.clone();
                     let retry = Input::Retry {
@@ -835,25 +805,13 @@ impl Scheduler {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        let wanted = slot.spec.as_ref().map(|s| s.module.digest.clone());
-        let digest = slot.serving.as_ref().map(|(m, _)| m.digest().to_owned());
-        let message = slot
-            .refused
-            .clone()
-            .or_else(|| {
-                slot.health
-                    .degraded()
-                    .then(|| slot.health.last_error.clone())
-                    .flatten()
-            })
-            .unwrap_or_default();
-        let status = ComponentStatus {
-            ready: digest.is_some() && digest == wanted && slot.refused.is_none(),
-            degraded: slot.health.degraded(),
-            digest,
-            message,
-            version: slot.version.clone(),
-        };
+        let status = ComponentStatus::of(
+            slot.spec.as_ref().map(|s| s.module.digest.as_str()),
+            slot.serving.as_ref().map(|(m, _)| m.digest()),
+            slot.refused.as_deref(),
+            &slot.health,
+            &slot.version,
+        );
         if slot.reported.as_ref() == Some(&status) {
             return;
         }
@@ -1253,11 +1211,5 @@ mod tests {
         assert_eq!(feasible_to_find(10000, 0), 500);
         assert_eq!(feasible_to_find(5000, 100), 5000);
         assert_eq!(feasible_to_find(200, 10), 100);
-    }
-
-    #[test]
-    fn refused_loads_back_off_like_image_pulls() {
-        let secs: Vec<u64> = (0..8).map(|n| load_backoff(n).as_secs()).collect();
-        assert_eq!(secs, [10, 20, 40, 80, 160, 300, 300, 300]);
     }
 }

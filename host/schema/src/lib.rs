@@ -70,7 +70,7 @@ impl Registry {
             "apps" "v1": apps::v1::Deployment, apps::v1::ReplicaSet, apps::v1::StatefulSet,
                 apps::v1::DaemonSet, apps::v1::ControllerRevision;
             "batch" "v1": batch::v1::Job, batch::v1::CronJob;
-            "networking.k8s.io" "v1": networking::v1::Ingress;
+            "networking.k8s.io" "v1": networking::v1::Ingress, networking::v1::IngressClass;
             "discovery.k8s.io" "v1": discovery::v1::EndpointSlice;
             "coordination.k8s.io" "v1": coordination::v1::Lease;
             "apiextensions.k8s.io" "v1":

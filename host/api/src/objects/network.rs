@@ -1,4 +1,4 @@
-//! Services, Endpoints, EndpointSlices and Ingresses.
+//! Services, Endpoints, EndpointSlices, Ingresses and IngressClasses.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -211,6 +211,28 @@ fn ipv6_address(text: &str) -> Vec<String> {
     match text.parse::<Ipv6Addr>() {
         Ok(_) => Vec::new(),
         Err(_) => vec!["must be a valid IPv6 address".to_owned()],
+    }
+}
+
+/// An IngressClass: `spec.controller` is a domain-prefixed path, immutable once set.
+pub(super) fn ingress_class(class: &Value, old: Option<&Value>, out: &mut Causes) {
+    let spec = Field::of(class, "spec");
+    let controller = spec.child("controller");
+    match controller.value.as_str() {
+        None | Some("") => out.push(controller.required()),
+        Some(name) => {
+            let (domain, path) = name.split_once('/').unwrap_or((name, ""));
+            if name.len() > 250 {
+                out.push(controller.invalid("must be no more than 250 characters"));
+            } else if path.is_empty() || !validation::dns1123_subdomain(domain).is_empty() {
+                out.push(
+                    controller.invalid("must be a domain-prefixed path (such as \"acme.io/foo\")"),
+                );
+            }
+        }
+    }
+    if let Some(old) = old {
+        immutable(&controller, &old["spec"]["controller"], out);
     }
 }
 
