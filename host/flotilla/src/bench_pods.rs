@@ -53,13 +53,13 @@ pub struct PodsBenchArgs {
 }
 
 /// What wrk measured against one server.
-#[derive(Debug)]
-struct Load {
-    requests_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+#[derive(Clone, Debug)]
+pub(crate) struct Load {
+    pub(crate) requests_per_second: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     /// Socket errors and non-2xx/3xx answers.
-    errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// wrk's latency figure (`812.00us`, `2.40ms`, `1.02s`) in ms.
@@ -114,7 +114,7 @@ fn parse_wrk(report: &str) -> Option<Load> {
 }
 
 /// Drives `url` with wrk (one thread, `connections` keep-alive connections) for `seconds`.
-async fn wrk(url: &str, seconds: u64, connections: u32) -> anyhow::Result<Load> {
+pub(crate) async fn wrk(url: &str, seconds: u64, connections: u32) -> anyhow::Result<Load> {
     let output = tokio::process::Command::new("wrk")
         .args([
             "-t1",

@@ -12,6 +12,7 @@ mod bench;
 mod bench_api;
 mod bench_deployment;
 mod bench_pods;
+mod bench_proxy;
 mod bench_reconcile;
 mod bench_schedule;
 mod components;
@@ -170,6 +171,9 @@ enum BenchCommand {
     /// Workload benchmark (W4, W5): pod bursts on a real and a simulated node, cold starts in
     /// the agent's runtime against raw wasmtime, memory per idle pod.
     Pods(bench_pods::PodsBenchArgs),
+    /// Service proxy benchmark (W6): HTTP keep-alive to a pod directly, through the node's
+    /// proxy (native round-robin and a WASM strategy) and through nginx, side by side.
+    Proxy(bench_proxy::ProxyBenchArgs),
     /// Controller benchmark (W9): a Deployment burst on simulated nodes through the built-in
     /// controllers, next to the same pods created directly.
     Deployment(bench_deployment::DeploymentBenchArgs),
@@ -224,6 +228,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 what: BenchCommand::Pods(args),
             } => bench_pods::pods(args).await,
+            Command::Bench {
+                what: BenchCommand::Proxy(args),
+            } => bench_proxy::proxy(args).await,
             Command::Bench {
                 what: BenchCommand::Reconcile(args),
             } => bench_reconcile::reconcile(args).await,

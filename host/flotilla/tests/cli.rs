@@ -4995,12 +4995,12 @@ fn wait_for_proxy_strategy(kubeconfig: &Path, plugin: &str, node: &str) {
     );
 }
 
-#[test]
-fn services_carry_traffic_to_ready_pods_by_cluster_ip_and_node_port() {
-    let dir = tempfile::tempdir().unwrap();
+/// `flotilla up` (node `node-a`) on addresses of its own, with `more` arguments: the process,
+/// the kubeconfig, the node's IP and the service CIDR.
+fn cluster_on_own_addresses(dir: &Path, more: &[&str]) -> (Running, PathBuf, String, String) {
     let (pods, services, node_ip) = service_addresses();
-    let data = dir.path().join("data");
-    let up = start(&[
+    let data = dir.join("data");
+    let mut args = vec![
         "up",
         "--node-name",
         "node-a",
@@ -5010,14 +5010,27 @@ fn services_carry_traffic_to_ready_pods_by_cluster_ip_and_node_port() {
         &services,
         "--node-ip",
         &node_ip,
-        "--dns-port",
-        "5353",
         "--agent-port",
         "0",
         "--data-dir",
         data.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let up = start(&args);
     let kubeconfig = up.kubeconfig.clone();
+    eventually(std::time::Duration::from_secs(60), "the node", || {
+        kubectl(&kubeconfig, &["get", "node", "node-a"])
+            .0
+            .then_some(())
+    });
+    (up, kubeconfig, node_ip, services)
+}
+
+#[test]
+fn services_carry_traffic_to_ready_pods_by_cluster_ip_and_node_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, kubeconfig, node_ip, services) =
+        cluster_on_own_addresses(dir.path(), &["--dns-port", "5353"]);
     let hello = builtin_module(dir.path(), "hello-http");
     let manifest = format!(
         "{}---\n{}",
@@ -5056,11 +5069,6 @@ spec:
   ports: [{name: http, port: 80}]
 "#
     );
-    eventually(std::time::Duration::from_secs(60), "the node", || {
-        kubectl(&kubeconfig, &["get", "node", "node-a"])
-            .0
-            .then_some(())
-    });
     apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
     let status = kubectl_ok(
         &kubeconfig,
@@ -5259,24 +5267,7 @@ spec:
 #[test]
 fn a_strategy_is_swapped_under_load_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
-    let (pods, services, node_ip) = service_addresses();
-    let data = dir.path().join("data");
-    let up = start(&[
-        "up",
-        "--node-name",
-        "node-a",
-        "--pod-cidr",
-        &pods,
-        "--service-cidr",
-        &services,
-        "--node-ip",
-        &node_ip,
-        "--agent-port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    let kubeconfig = up.kubeconfig.clone();
+    let (_up, kubeconfig, _, _) = cluster_on_own_addresses(dir.path(), &[]);
     let hello = builtin_module(dir.path(), "hello-http");
     let manifest = format!(
         "{}---\n{}",
@@ -5291,11 +5282,6 @@ spec:
   ports: [{name: http, port: 80, targetPort: web}]
 "#
     );
-    eventually(std::time::Duration::from_secs(60), "the node", || {
-        kubectl(&kubeconfig, &["get", "node", "node-a"])
-            .0
-            .then_some(())
-    });
     apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
     kubectl_ok(
         &kubeconfig,
@@ -5504,28 +5490,15 @@ fn curl(url: &str, resolve: &str, ca: &Path) -> (u16, String) {
 #[test]
 fn an_ingress_routes_by_host_and_path_over_http_and_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (pods, services, node_ip) = service_addresses();
-    let data = dir.path().join("data");
-    let up = start(&[
-        "up",
-        "--node-name",
-        "node-a",
-        "--pod-cidr",
-        &pods,
-        "--service-cidr",
-        &services,
-        "--node-ip",
-        &node_ip,
-        "--ingress-http-port",
-        "8080",
-        "--ingress-https-port",
-        "8443",
-        "--agent-port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    let kubeconfig = up.kubeconfig.clone();
+    let (_up, kubeconfig, node_ip, _) = cluster_on_own_addresses(
+        dir.path(),
+        &[
+            "--ingress-http-port",
+            "8080",
+            "--ingress-https-port",
+            "8443",
+        ],
+    );
     // A certificate for shop.test signed by a CA of the test's own.
     let tls = dir.path().join("tls");
     flotilla_apiserver::pki::Pki::load_or_create(&tls, &["shop.test".into()]).unwrap();
@@ -5690,4 +5663,36 @@ spec:
         "web",
         "default backend, not api"
     );
+}
+
+#[test]
+fn proxy_benchmark_reports_the_proxy_next_to_direct_and_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FLOTILLA)
+        .args(["bench", "proxy", "--seconds", "1", "--rounds", "1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every path carried load and answered every request wrk sent.
+    for row in [
+        "| direct to the pod |",
+        "| Flotilla proxy, native round-robin |",
+        "| Flotilla proxy, WASM strategy",
+        "| nginx reverse proxy",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("{row} in {stdout}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cells[2].parse::<f64>().unwrap() > 0.0, "{line}");
+        assert_eq!(cells[8], "0", "no failed requests: {line}");
+    }
+    assert!(stdout.contains("WASM strategy cost:"), "{stdout}");
 }

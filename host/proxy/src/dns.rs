@@ -77,15 +77,7 @@ impl Names {
 
 /// Binds the node's DNS address (UDP, `SO_REUSEPORT`: every node on one host may serve it).
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    let socket = crate::forward::shared_socket(addr, socket2::Type::DGRAM)?;
     UdpSocket::from_std(socket.into())
 }
 

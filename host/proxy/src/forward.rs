@@ -26,17 +26,19 @@ const MAX_TRIES: usize = 4;
 /// Binds a frontend address. `SO_REUSEPORT` lets every node's proxy on one host bind the same
 /// ClusterIP port (loopback mode); the kernel spreads connections over them.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket = shared_socket(addr, socket2::Type::STREAM)?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A non-blocking socket bound to `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
+pub fn shared_socket(addr: SocketAddr, kind: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// Accepts on `listener` until `stop`, carrying each connection to the frontend's backend of

@@ -1,0 +1,318 @@
+//! `flotilla bench proxy` (W6): HTTP keep-alive load (wrk) on one `hello-http` pod of a
+//! `flotilla up` child process, four ways in one run: straight to the pod's IP, through the
+//! node's service proxy with the native round-robin, through it with the built-in WASM
+//! `round-robin` strategy (a pick per request), and through nginx (Debian's) configured as a
+//! reverse proxy with upstream keep-alive to the same pod. Each path is measured once per
+//! round, in turn, so drift spreads over all of them; the report takes each path's median
+//! round by throughput.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, PostParams};
+
+use crate::bench;
+use crate::bench_api::ServerProcess;
+use crate::bench_pods::{Load, wrk};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyBenchArgs {
+    /// Where the cluster keeps its state (a fresh temporary directory by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seconds of load on each path per round.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Keep-alive connections wrk holds open.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// Rounds over the four paths.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// nginx as a reverse proxy on a free loopback port, until dropped.
+struct Nginx {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Nginx {
+    /// Proxies to `upstream` (`ip:port`) with HTTP/1.1 keep-alive to it, one worker per core.
+    async fn start(dir: &Path, upstream: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::path::absolute(dir)?;
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("nginx.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "worker_processes auto;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream pod {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://pod;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+",
+                dir = dir.display()
+            ),
+        )?;
+        let binary = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = tokio::process::Command::new(binary)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot run nginx (scripts/deps installs nginx-light)")?;
+        wait_for_listener(&format!("127.0.0.1:{port}"), "nginx").await?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn wait_for_listener(address: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} did not listen on {address} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// One GET on a connection of its own: whether it was answered 200.
+async fn answers(address: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return false;
+    };
+    let request = "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(value)?)
+}
+
+/// The pod, its two Services, and when all of them serve: the pod's address and the
+/// ClusterIP addresses of the native and the WASM Service.
+async fn deploy(client: &kube::Client, image: &str) -> anyhow::Result<(String, String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &object(serde_json::json!({
+            "metadata": {"name": "backend", "labels": {"app": "bench-proxy"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": "bench-node"},
+                "containers": [{"name": "web", "image": image,
+                    "ports": [{"name": "web", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                        "periodSeconds": 1}}],
+            },
+        }))?,
+    )
+    .await?;
+    let mut addresses = Vec::new();
+    for (name, strategy) in [("native", None), ("wasm", Some("round-robin"))] {
+        let mut service = serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": "bench-proxy"},
+                "ports": [{"name": "http", "port": 80, "targetPort": "web"}]},
+        });
+        if let Some(strategy) = strategy {
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(
+                flotilla_proxy::model::STRATEGY_ANNOTATION.to_owned(),
+                strategy.into(),
+            );
+            service["metadata"]["annotations"] = annotations.into();
+        }
+        let created = services
+            .create(&PostParams::default(), &object(service)?)
+            .await?;
+        let ip = created
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("the Service has no ClusterIP")?;
+        addresses.push(format!("{ip}:80"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pod_address = loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pod and its Services did not serve within 120 s"
+        );
+        let ip = pods.get("backend").await?.status.and_then(|s| s.pod_ip);
+        if let Some(ip) = ip {
+            let direct = format!("{ip}:8080");
+            let mut all = answers(&direct).await;
+            for address in &addresses {
+                all = all && answers(address).await;
+            }
+            if all && strategy_ready(client).await? {
+                break direct;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let wasm = addresses.pop().expect("two Services");
+    let native = addresses.pop().expect("two Services");
+    Ok((pod_address, native, wasm))
+}
+
+/// The node's proxy runs the `round-robin` WasmPlugin.
+async fn strategy_ready(client: &kube::Client) -> anyhow::Result<bool> {
+    let plugin = flotilla_client::plugins::api(client, "WasmPlugin")
+        .get_opt("round-robin")
+        .await?;
+    Ok(plugin.is_some_and(|p| p.data["status"]["components"]["proxy/bench-node"]["ready"] == true))
+}
+
+/// The round with the median throughput.
+fn median(mut loads: Vec<Load>) -> Load {
+    loads.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+    loads[loads.len() / 2].clone()
+}
+
+pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let scratch = bench::scratch_dir(args.dir.as_deref())?;
+    let dir = scratch.path().to_owned();
+    let hello = dir.join("hello_http.wasm");
+    std::fs::write(
+        &hello,
+        flotilla_builtins::find("hello-http")
+            .context("hello-http is built in")?
+            .wasm,
+    )?;
+    let server = ServerProcess::start_with(
+        &dir.join("data"),
+        &[
+            "up",
+            "--node-name",
+            "bench-node",
+            "--pod-cidr",
+            "127.202.0.0/16",
+            "--service-cidr",
+            "127.44.0.0/16",
+            "--agent-port",
+            "0",
+            "--dns-port",
+            "0",
+            "--ingress-http-port",
+            "0",
+            "--ingress-https-port",
+            "0",
+        ],
+    )?;
+    let client = flotilla_client::connect(&server.kubeconfig).await?;
+    let (direct, native, wasm) = deploy(&client, &hello.display().to_string()).await?;
+    let nginx = Nginx::start(&dir.join("nginx"), &direct).await?;
+    let paths = [
+        ("direct to the pod", format!("http://{direct}/")),
+        (
+            "Flotilla proxy, native round-robin",
+            format!("http://{native}/"),
+        ),
+        (
+            "Flotilla proxy, WASM strategy (built-in round-robin, a pick per request)",
+            format!("http://{wasm}/"),
+        ),
+        (
+            "nginx reverse proxy (Debian nginx-light, a worker per core, upstream keep-alive)",
+            nginx.url.clone(),
+        ),
+    ];
+    // Warm-up: connections pooled, code paths hot.
+    for (_, url) in &paths {
+        wrk(url, 2, args.connections).await?;
+    }
+    let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); paths.len()];
+    for _ in 0..args.rounds {
+        for (index, (what, url)) in paths.iter().enumerate() {
+            let load = wrk(url, args.seconds, args.connections).await?;
+            println!(
+                "{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                load.requests_per_second, load.p50_ms, load.p99_ms, load.errors
+            );
+            rounds[index].push(load);
+        }
+    }
+    let loads: Vec<Load> = rounds.into_iter().map(median).collect();
+    let direct = &loads[0];
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {}", bench::machine());
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| W6: hello-http pod, wrk -t1 -c{} for {} s, keep-alive; median of {} rounds | req/s | vs direct | p50 | p99 | added p50 | added p99 | errors |",
+        args.connections, args.seconds, args.rounds
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for ((what, _), load) in paths.iter().zip(&loads) {
+        let _ = writeln!(
+            out,
+            "| {what} | {:.0} | {:.2}x | {:.3} ms | {:.3} ms | {:+.0} µs | {:+.0} µs | {} |",
+            load.requests_per_second,
+            load.requests_per_second / direct.requests_per_second.max(1.0),
+            load.p50_ms,
+            load.p99_ms,
+            (load.p50_ms - direct.p50_ms) * 1000.0,
+            (load.p99_ms - direct.p99_ms) * 1000.0,
+            load.errors
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "WASM strategy cost: {:.1}% of the native round-robin's throughput; Flotilla native vs nginx: {:.2}x.",
+        (1.0 - loads[2].requests_per_second / loads[1].requests_per_second.max(1.0)) * 100.0,
+        loads[1].requests_per_second / loads[3].requests_per_second.max(1.0)
+    );
+    println!("\n{out}");
+    drop(nginx);
+    drop(server);
+    Ok(())
+}
