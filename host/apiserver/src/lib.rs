@@ -329,11 +329,23 @@ impl ApiServer {
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP",
                     "targetPort": address.port()}]},
         });
-        match create_object(self, &target(&services), service).await {
-            Err(e) if e.0.reason == flotilla_api::StatusReason::AlreadyExists => {}
-            other => {
-                other?;
+        let existing = Target {
+            name: Some(NAME.into()),
+            ..target(&services)
+        };
+        // It is kept as it is once made (its address is taken, so a create would be refused
+        // for the address before the name).
+        match current_object(self, &existing).await {
+            Ok(_) => {}
+            Err(e) if e.0.reason == flotilla_api::StatusReason::NotFound => {
+                match create_object(self, &target(&services), service).await {
+                    Err(e) if e.0.reason == flotilla_api::StatusReason::AlreadyExists => {}
+                    other => {
+                        other?;
+                    }
+                }
             }
+            Err(e) => return Err(e),
         }
         let slice = json!({
             "metadata": {"name": NAME, "labels": {

@@ -188,3 +188,51 @@ async fn node_ports_are_allocated_kept_refused_and_freed_with_the_type() {
     .await;
     assert_eq!(next["spec"]["ports"][0]["nodePort"], given);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_service_names_the_server_and_follows_its_address_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: flotilla_store::SharedStore = Arc::new(
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::default())
+            .await
+            .unwrap(),
+    );
+    let options = |port: u16| ApiOptions {
+        service_ranges: ServiceRanges::parse("10.99.0.0/28", "30000-30003").unwrap(),
+        advertise: Some(([127, 0, 0, 1], port).into()),
+        ..ApiOptions::default()
+    };
+    ApiServer::with_options(store.clone(), options(6443))
+        .bootstrap()
+        .await
+        .unwrap();
+    // A restart on another port: the Service stays, its endpoint follows.
+    let server = ApiServer::with_options(store.clone(), options(7443));
+    server.bootstrap().await.unwrap();
+    let api = common::Api::on(common::serve(server, store, dir).await).await;
+    let (code, service) = api
+        .send(
+            Method::GET,
+            "/api/v1/namespaces/default/services/kubernetes",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{service}");
+    assert_eq!(service["spec"]["clusterIP"], "10.99.0.1");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["name"], "https");
+    let (code, slice) = api
+        .send(
+            Method::GET,
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{slice}");
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+    assert_eq!(slice["ports"][0]["port"], 7443);
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "kubernetes"
+    );
+}

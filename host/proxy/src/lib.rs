@@ -249,6 +249,9 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         slots: HashMap::new(),
         ingress: ingress::Objects::default(),
         routes_dirty: false,
+        relisting: HashMap::new(),
+        services_listed: false,
+        slices_listed: false,
     };
     tokio::spawn(proxy.run(rx, failures));
     Ok(Handle { shared, stop })
@@ -336,12 +339,20 @@ struct Proxy {
     ingress: ingress::Objects,
     /// Ingresses, their classes or Secrets changed: the routes are to be made again.
     routes_dirty: bool,
+    /// What the relist of each Ingress-side kind has shown so far.
+    relisting: HashMap<&'static str, Option<HashSet<String>>>,
+    /// Services and EndpointSlices have been listed once: until then nothing is published,
+    /// so a starting proxy never serves a Service as if it had no endpoints.
+    services_listed: bool,
+    slices_listed: bool,
 }
 
-/// Keeps `objects` (by `namespace/name`, or name) in step with a watch, relists included;
-/// `convert` makes the value kept.
+/// Keeps `objects` (by `namespace/name`, or name) in step with a watch; `convert` makes the
+/// value kept. A relist replaces the objects only once it is complete (`seen` holds what it
+/// showed so far), so nothing drops out while it runs.
 fn mirror<K, V>(
     objects: &mut HashMap<String, V>,
+    seen: &mut Option<HashSet<String>>,
     event: watcher::Event<K>,
     convert: impl Fn(K) -> Option<V>,
 ) where
@@ -355,10 +366,12 @@ fn mirror<K, V>(
         }
     };
     match event {
-        // A relist replaces everything: objects deleted meanwhile go.
-        watcher::Event::Init => objects.clear(),
+        watcher::Event::Init => *seen = Some(HashSet::new()),
         watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
             let name = key(&object);
+            if let Some(seen) = seen {
+                seen.insert(name.clone());
+            }
             match convert(object) {
                 Some(value) => objects.insert(name, value),
                 None => objects.remove(&name),
@@ -367,7 +380,10 @@ fn mirror<K, V>(
         watcher::Event::Delete(object) => {
             objects.remove(&key(&object));
         }
-        watcher::Event::InitDone => {}
+        watcher::Event::InitDone => {
+            let seen = seen.take().unwrap_or_default();
+            objects.retain(|name, _| seen.contains(name));
+        }
     }
 }
 
@@ -478,15 +494,18 @@ impl Proxy {
             Input::Slice(event) => self.slice_event(*event),
             Input::Plugin(event) => self.plugin_event(*event),
             Input::Ingress(event) => {
-                mirror(&mut self.ingress.ingresses, *event, Some);
+                let seen = self.relisting.entry("ingresses").or_default();
+                mirror(&mut self.ingress.ingresses, seen, *event, Some);
                 self.routes_dirty = true;
             }
             Input::Class(event) => {
-                mirror(&mut self.ingress.classes, *event, Some);
+                let seen = self.relisting.entry("ingressclasses").or_default();
+                mirror(&mut self.ingress.classes, seen, *event, Some);
                 self.routes_dirty = true;
             }
             Input::Secret(event) => {
-                mirror(&mut self.ingress.secrets, *event, |secret| {
+                let seen = self.relisting.entry("secrets").or_default();
+                mirror(&mut self.ingress.secrets, seen, *event, |secret| {
                     Some(ingress::certified_key(&secret))
                 });
                 self.routes_dirty = true;
@@ -518,6 +537,7 @@ impl Proxy {
                 self.dirty.insert(key);
             }
             watcher::Event::InitDone => {
+                self.services_listed = true;
                 let seen = self.seen_services.take().unwrap_or_default();
                 let gone: Vec<String> = self
                     .services
@@ -569,6 +589,7 @@ impl Proxy {
             }
             watcher::Event::Delete(slice) => self.remove_slice(&key_of(&slice.metadata)),
             watcher::Event::InitDone => {
+                self.slices_listed = true;
                 let seen = self.seen_slices.take().unwrap_or_default();
                 let gone: Vec<String> = self
                     .slice_owner
@@ -642,7 +663,8 @@ impl Proxy {
 
     /// Recomputes the dirty services' ports, then publishes the frontends and their listeners.
     async fn flush(&mut self) {
-        if self.dirty.is_empty() && !self.routes_dirty {
+        let listed = self.services_listed && self.slices_listed;
+        if !listed || (self.dirty.is_empty() && !self.routes_dirty) {
             return;
         }
         let dirty: Vec<String> = self.dirty.drain().collect();
