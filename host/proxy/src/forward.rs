@@ -205,7 +205,11 @@ pub async fn forward(
         let Some(endpoint) = endpoint else {
             return unrouted(shared, backend, &exclude);
         };
-        let sender = match shared.pool.take(endpoint.id) {
+        let pooled = match shared.pool.take(endpoint.id) {
+            Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
+            None => None,
+        };
+        let sender = match pooled {
             Some(sender) => sender,
             None => match open(&endpoint).await {
                 Some(sender) => sender,

@@ -23,14 +23,18 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// An idle connection to the endpoint that can take a request now, if there is one.
+    /// An idle connection to the endpoint, if there is one still open. Its last response has
+    /// been read whole; the caller waits for it to be ready (its connection task may not have
+    /// seen that yet).
     pub fn take(&self, id: u32) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&id)?;
-        // Closed connections are dropped; one still finishing its last response stays.
-        list.retain(|sender| !sender.is_closed());
-        let ready = list.iter().rposition(SendRequest::is_ready)?;
-        Some(list.swap_remove(ready))
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
     }
 
     pub fn give_back(&self, id: u32, sender: SendRequest<Incoming>) {
