@@ -381,6 +381,43 @@ pub async fn report(
     Ok(())
 }
 
+/// Writes a component's status reports one at a time, in the order they were made: two
+/// reports in flight could otherwise land out of order and leave an older status on the
+/// WasmPlugin for good (later identical reports are skipped).
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    queue: tokio::sync::mpsc::UnboundedSender<(String, String, ComponentStatus)>,
+}
+
+impl Reporter {
+    /// Starts the task that writes the reports, until `stop`.
+    pub fn start(client: kube::Client, stop: tokio_util::sync::CancellationToken) -> Self {
+        let (queue, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (name, component, status): (String, String, ComponentStatus) = tokio::select! {
+                    next = reports.recv() => match next {
+                        Some(next) => next,
+                        None => return,
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                if let Err(error) = report(&client, &name, &component, &status).await {
+                    tracing::warn!(plugin = name, "cannot report status: {error}");
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues `status` of `component` for the WasmPlugin `name`.
+    pub fn send(&self, name: &str, component: &str, status: ComponentStatus) {
+        let _ = self
+            .queue
+            .send((name.to_owned(), component.to_owned(), status));
+    }
+}
+
 /// Uploads a module through the API (a WasmModule and its chunks, unless already there) and
 /// creates or updates the WasmPlugin `name` of `kind` to run it with `config`. Returns the
 /// module's digest.

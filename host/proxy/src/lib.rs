@@ -225,7 +225,7 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
         stop.clone(),
         "proxy",
     );
-    let reports = reporter(client.clone(), stop.clone());
+    let reports = plugins::Reporter::start(client.clone(), stop.clone());
     let proxy = Proxy {
         client,
         component: format!("proxy/{}", options.node_name),
@@ -255,29 +255,6 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
     };
     tokio::spawn(proxy.run(rx, failures));
     Ok(Handle { shared, stop })
-}
-
-/// Writes status reports one at a time, in the order they were made.
-fn reporter(
-    client: kube::Client,
-    stop: CancellationToken,
-) -> mpsc::UnboundedSender<(String, String, ComponentStatus)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, String, ComponentStatus)>();
-    tokio::spawn(async move {
-        loop {
-            let (name, component, status) = tokio::select! {
-                next = rx.recv() => match next {
-                    Some(next) => next,
-                    None => return,
-                },
-                _ = stop.cancelled() => return,
-            };
-            if let Err(error) = plugins::report(&client, &name, &component, &status).await {
-                tracing::warn!(plugin = name, "cannot report status: {error}");
-            }
-        }
-    });
-    tx
 }
 
 /// A change a strategy is told of.
@@ -316,7 +293,7 @@ struct Proxy {
     shared: Arc<Shared>,
     stop: CancellationToken,
     inputs: mpsc::Sender<Input>,
-    reports: mpsc::UnboundedSender<(String, String, ComponentStatus)>,
+    reports: plugins::Reporter,
     /// Services by `namespace/name`.
     services: HashMap<String, Service>,
     /// EndpointSlices by their Service's `namespace/name`, then by slice name.
@@ -1040,8 +1017,6 @@ impl Proxy {
             return;
         }
         slot.reported = Some(status.clone());
-        let _ = self
-            .reports
-            .send((name.to_owned(), self.component.clone(), status));
+        self.reports.send(name, &self.component, status);
     }
 }

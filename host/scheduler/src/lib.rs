@@ -206,6 +206,7 @@ pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kub
     };
     let stats = Arc::new(Stats::default());
     let scheduler = Scheduler {
+        reports: plugins::Reporter::start(client.clone(), stop.clone()),
         writer: Writer::start(client.clone(), DEFAULT_SCHEDULER),
         binds: Arc::new(Semaphore::new(options.bind_concurrency.max(1))),
         client,
@@ -342,6 +343,8 @@ struct Slot {
 
 struct Scheduler {
     client: kube::Client,
+    /// Plugin status, written in order.
+    reports: plugins::Reporter,
     options: Options,
     nodes: Nodes,
     /// Pods bound or assumed bound, by uid.
@@ -816,13 +819,7 @@ impl Scheduler {
             return;
         }
         slot.reported = Some(status.clone());
-        let client = self.client.clone();
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            if let Err(error) = plugins::report(&client, &name, &component, &status).await {
-                tracing::warn!(plugin = name, "cannot report status: {error}");
-            }
-        });
+        self.reports.send(name, &component, status);
     }
 
     /// Sends pending changes to every live policy.
