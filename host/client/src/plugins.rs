@@ -521,12 +521,14 @@ async fn create_or_keep(api: &Api<DynamicObject>, object: &DynamicObject) -> Res
 }
 
 /// Creates a WasmPlugin of `kind` for each named built-in module this binary carries (module
-/// `builtin: <name>`, labelled `plugins.flotilla.dev/builtin`), and moves those still pointing at
-/// a built-in module to this binary's digest. Anything a user changed otherwise is left alone.
+/// `builtin: <name>`, labelled `plugins.flotilla.dev/builtin`, with `limits` when given), and
+/// moves those still pointing at a built-in module to this binary's digest (setting `limits`
+/// if they have none). Anything a user changed otherwise is left alone.
 pub async fn install_builtins(
     client: &kube::Client,
     kind: World,
     names: &[&str],
+    limits: Option<&Value>,
 ) -> Result<(), kube::Error> {
     let plugins = api(client, "WasmPlugin");
     for name in names {
@@ -536,8 +538,11 @@ pub async fn install_builtins(
         let digest = flotilla_plugin::digest(builtin.wasm);
         match plugins.get_opt(name).await? {
             None => {
-                let spec =
+                let mut spec =
                     json!({"kind": kind.name(), "module": {"digest": digest, "builtin": name}});
+                if let Some(limits) = limits {
+                    spec["limits"] = limits.clone();
+                }
                 let mut object = object_of("WasmPlugin", name, spec).map_err(|e| {
                     kube::Error::SerdeError(serde_json::Error::io(std::io::Error::other(e)))
                 })?;
@@ -552,6 +557,11 @@ pub async fn install_builtins(
                 let module = &current.data["spec"]["module"];
                 if module["builtin"] == *name && module["digest"] != digest.as_str() {
                     current.data["spec"]["module"]["digest"] = json!(digest);
+                    if let Some(limits) = limits
+                        && current.data["spec"].get("limits").is_none()
+                    {
+                        current.data["spec"]["limits"] = limits.clone();
+                    }
                     ignore_conflict(
                         plugins
                             .replace(name, &PostParams::default(), &current)

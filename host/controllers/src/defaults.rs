@@ -3,8 +3,6 @@
 //! pointing at a built-in module follow this binary's digest; anything a user changed
 //! otherwise is left alone.
 
-use flotilla_client::plugins::{GROUP, VERSION, api};
-use kube::api::{DynamicObject, PostParams};
 use serde_json::json;
 
 /// The built-in controllers, by plugin name (the guest crate's name).
@@ -43,44 +41,11 @@ pub fn builtin_limits() -> flotilla_plugin::Limits {
 
 /// Creates or refreshes the built-in controllers' WasmPlugins.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
-    let plugins = api(client, "WasmPlugin");
-    for name in BUILTIN_CONTROLLERS {
-        let Some(builtin) = flotilla_builtins::find(name) else {
-            continue;
-        };
-        let digest = flotilla_plugin::digest(builtin.wasm);
-        let conflict_is_fine = |result: Result<DynamicObject, kube::Error>| match result {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e),
-        };
-        match plugins.get_opt(name).await? {
-            None => {
-                let object: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": format!("{GROUP}/{VERSION}"),
-                    "kind": "WasmPlugin",
-                    "metadata": {"name": name, "labels": {"plugins.flotilla.dev/builtin": "true"}},
-                    "spec": {"kind": "controller", "module": {"digest": digest, "builtin": name},
-                        "limits": BUILTIN_LIMITS.clone()},
-                }))
-                .map_err(kube::Error::SerdeError)?;
-                conflict_is_fine(plugins.create(&PostParams::default(), &object).await)?;
-            }
-            Some(mut current) => {
-                let module = &current.data["spec"]["module"];
-                if module["builtin"] == *name && module["digest"] != digest.as_str() {
-                    current.data["spec"]["module"]["digest"] = json!(digest);
-                    if current.data["spec"].get("limits").is_none() {
-                        current.data["spec"]["limits"] = BUILTIN_LIMITS.clone();
-                    }
-                    conflict_is_fine(
-                        plugins
-                            .replace(name, &PostParams::default(), &current)
-                            .await,
-                    )?;
-                }
-            }
-        }
-    }
-    Ok(())
+    flotilla_client::plugins::install_builtins(
+        client,
+        flotilla_plugin::World::Controller,
+        BUILTIN_CONTROLLERS,
+        Some(&BUILTIN_LIMITS),
+    )
+    .await
 }

@@ -140,7 +140,7 @@ enum Input {
 /// Starts a node's proxy in the background.
 pub async fn start(client: kube::Client, options: Options) -> Result<Handle, kube::Error> {
     if options.install_defaults {
-        plugins::install_builtins(&client, World::ProxyStrategy, BUILTIN_STRATEGIES).await?;
+        plugins::install_builtins(&client, World::ProxyStrategy, BUILTIN_STRATEGIES, None).await?;
         install_ingress_class(&client).await?;
     }
     let (tx, rx) = mpsc::channel(4096);

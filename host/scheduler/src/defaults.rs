@@ -51,7 +51,7 @@ pub fn default_profile() -> Value {
 /// Creates or refreshes the built-in plugins and the default profile.
 pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
     let names: Vec<&str> = BUILTIN_POLICIES.iter().map(|(name, _, _)| *name).collect();
-    plugins::install_builtins(client, World::SchedulerPolicy, &names).await?;
+    plugins::install_builtins(client, World::SchedulerPolicy, &names, None).await?;
     let profiles = api(client, "SchedulerProfile");
     if profiles.get_opt(DEFAULT_SCHEDULER).await?.is_none() {
         match profiles
