@@ -44,10 +44,32 @@ pub fn shared_socket(addr: SocketAddr, kind: socket2::Type) -> std::io::Result<s
 /// Accepts on `listener` until `stop`, carrying each connection to the frontend's backend of
 /// the moment.
 pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let frontend = match listener.local_addr() {
-        Ok(addr) => addr,
-        Err(_) => return,
+    let Ok(frontend) = listener.local_addr() else {
+        return;
     };
+    accept(listener, stop, move |stream, client| {
+        let shared = shared.clone();
+        async move {
+            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let Some(backend) = shared.backend(frontend) else {
+                return;
+            };
+            if backend.l7 {
+                serve_http(stream, client, frontend, shared).await;
+            } else {
+                splice(stream, client, &backend, &shared).await;
+            }
+        }
+    });
+}
+
+/// Accepts on `listener` until `stop`, each connection (without Nagle's delay) handled by
+/// `handle` in a task of its own.
+pub(crate) fn accept<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -57,27 +79,33 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken
             let (stream, client) = match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    tracing::debug!(%frontend, "accept: {error}");
+                    tracing::debug!("accept: {error}");
                     // Out of descriptors and the like: let it pass rather than spin.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
-            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let Some(backend) = shared.backend(frontend) else {
-                    return;
-                };
-                if backend.l7 {
-                    serve_http(stream, client, frontend, shared).await;
-                } else {
-                    splice(stream, client, &backend, &shared).await;
-                }
-            });
+            tokio::spawn(handle(stream, client));
         }
     });
+}
+
+/// Serves HTTP/1.1 (keep-alive) on `io`, each request answered by `handle`.
+pub(crate) async fn serve_http1<I, F, Fut>(io: I, handle: F)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let answer = handle(request);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// Connects to an endpoint the backend's strategy picks, trying others when a connect fails.
@@ -117,14 +145,10 @@ async fn serve_http(
     frontend: SocketAddr,
     shared: Arc<Shared>,
 ) {
-    let service = hyper::service::service_fn(move |request| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(request, client, frontend, shared).await) }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    serve_http1(stream, move |request| {
+        route(request, client, frontend, shared.clone())
+    })
+    .await;
 }
 
 /// The hop-by-hop headers a proxy does not forward (RFC 9110 §7.6.1), plus those the
@@ -155,7 +179,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
+/// A response of the proxy's own, in plain text.
+pub(crate) fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::local(text));
     *response.status_mut() = status;
     response.headers_mut().insert(

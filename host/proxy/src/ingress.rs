@@ -4,12 +4,10 @@
 //! backend; HTTPS certificates come from `kubernetes.io/tls` Secrets, chosen by SNI.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use rustls::pki_types::pem::PemObject;
@@ -233,11 +231,11 @@ impl Objects {
     }
 
     /// The routes of every served Ingress, with backends resolved through `services`
-    /// (`namespace/name` → Service) and `ports` (port key → backend).
+    /// (`namespace/name` → Service) and `backend_of` (port key → backend).
     pub fn routes(
         &self,
         services: &HashMap<String, Service>,
-        ports: &HashMap<String, Arc<Backend>>,
+        backend_of: impl Fn(&str) -> Option<Arc<Backend>>,
     ) -> Routes {
         let mut routes = Routes::default();
         let mut ingresses: Vec<&Ingress> =
@@ -270,7 +268,7 @@ impl Objects {
                 })
             });
             Some(Target {
-                backend: key.and_then(|k| ports.get(&k).cloned()),
+                backend: key.and_then(|k| backend_of(&k)),
                 name,
             })
         };
@@ -346,12 +344,6 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::local(text));
-    *response.status_mut() = status;
-    response
-}
-
 async fn route(
     request: Request<hyper::body::Incoming>,
     client: SocketAddr,
@@ -376,11 +368,11 @@ async fn route(
     let routes = shared.ingress.current();
     match routes.route(&host, request.uri().path()) {
         Route::To(backend) => crate::forward::forward(request, client, &backend, &shared).await,
-        Route::Missing(service) => local(
+        Route::Missing(service) => crate::forward::local(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the service {service} (or its port) does not exist\n"),
         ),
-        Route::NoRule => local(
+        Route::NoRule => crate::forward::local(
             StatusCode::NOT_FOUND,
             format!("no Ingress rule matches {host}{}\n", request.uri().path()),
         ),
@@ -399,40 +391,19 @@ pub fn serve(listener: TcpListener, tls: bool, shared: Arc<Shared>, stop: Cancel
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     });
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.cancelled() => return,
-            };
-            let Ok((stream, client)) = accepted else {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let shared = shared.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let service = {
-                    let shared = shared.clone();
-                    hyper::service::service_fn(move |request| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(route(request, client, shared).await) }
-                    })
-                };
-                let http = hyper::server::conn::http1::Builder::new();
-                match acceptor {
-                    Some(acceptor) => {
-                        let Ok(stream) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                    }
-                    None => {
-                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+    crate::forward::accept(listener, stop, move |stream, client| {
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        async move {
+            let handle = move |request| route(request, client, shared.clone());
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        crate::forward::serve_http1(stream, handle).await;
                     }
                 }
-            });
+                None => crate::forward::serve_http1(stream, handle).await,
+            }
         }
     });
 }
@@ -504,7 +475,7 @@ mod tests {
         objects
             .ingresses
             .insert("shop/shop".into(), ingress.clone());
-        let routes = objects.routes(&services, &ports);
+        let routes = objects.routes(&services, |key| ports.get(key).cloned());
         let at = |host: &str, path: &str| key(routes.route(host, path));
         assert_eq!(at("shop.example", "/"), "shop/web:http");
         assert_eq!(at("SHOP.example", "/cart"), "shop/web:http");

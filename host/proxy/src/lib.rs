@@ -649,14 +649,10 @@ impl Proxy {
             self.sync(&service).await;
         }
         self.publish();
-        let ports: HashMap<String, Arc<Backend>> = self
-            .ports
-            .iter()
-            .map(|(key, port)| (key.clone(), port.backend.clone()))
-            .collect();
-        self.shared
-            .ingress
-            .set(self.ingress.routes(&self.services, &ports));
+        let routes = self.ingress.routes(&self.services, |key| {
+            self.ports.get(key).map(|port| port.backend.clone())
+        });
+        self.shared.ingress.set(routes);
         self.routes_dirty = false;
     }
 
