@@ -509,3 +509,16 @@ pub(crate) fn perf_nodes(count: usize) -> flotilla_node::simulate::Options {
         ..Default::default()
     }
 }
+
+/// Waits up to 30 s until something accepts connections on `address`.
+pub(crate) async fn wait_for_listener(address: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} did not listen on {address} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -165,19 +165,11 @@ impl WasmtimeServe {
             .arg(wasm)
             .spawn()
             .context("cannot run the wasmtime CLI (scripts/deps installs it)")?;
-        let url = format!("http://127.0.0.1:{port}/");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "wasmtime serve did not listen within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Self { child, url })
+        bench::wait_for_listener(&format!("127.0.0.1:{port}"), "wasmtime serve").await?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+        })
     }
 }
 

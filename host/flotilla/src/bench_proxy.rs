@@ -90,7 +90,7 @@ http {{
             .kill_on_drop(true)
             .spawn()
             .context("cannot run nginx (scripts/deps installs nginx-light)")?;
-        wait_for_listener(&format!("127.0.0.1:{port}"), "nginx").await?;
+        bench::wait_for_listener(&format!("127.0.0.1:{port}"), "nginx").await?;
         Ok(Self {
             child,
             url: format!("http://127.0.0.1:{port}/"),
@@ -102,18 +102,6 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
-}
-
-async fn wait_for_listener(address: &str, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{what} did not listen on {address} within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 /// One GET on a connection of its own: whether it was answered 200.
