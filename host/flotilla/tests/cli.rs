@@ -1630,7 +1630,11 @@ fn cluster_with_node(dir: &Path) -> (Running, PathBuf, String) {
 /// [`cluster_with_node`] with more arguments to `up`.
 fn cluster_with_node_and(dir: &Path, more: &[&str]) -> (Running, PathBuf, String) {
     // Every cluster's pods bind addresses of their own.
-    let cidr = cluster_cidr();
+    cluster_with_node_on(dir, cluster_cidr(), more)
+}
+
+/// [`cluster_with_node_and`] with the node's pods on `cidr`.
+fn cluster_with_node_on(dir: &Path, cidr: String, more: &[&str]) -> (Running, PathBuf, String) {
     let data = dir.join("data");
     let mut args = vec![
         "up",
@@ -4999,25 +5003,9 @@ fn wait_for_proxy_strategy(kubeconfig: &Path, plugin: &str, node: &str) {
 /// the kubeconfig, the node's IP and the service CIDR.
 fn cluster_on_own_addresses(dir: &Path, more: &[&str]) -> (Running, PathBuf, String, String) {
     let (pods, services, node_ip) = service_addresses();
-    let data = dir.join("data");
-    let mut args = vec![
-        "up",
-        "--node-name",
-        "node-a",
-        "--pod-cidr",
-        &pods,
-        "--service-cidr",
-        &services,
-        "--node-ip",
-        &node_ip,
-        "--agent-port",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let mut args = vec!["--service-cidr", &services, "--node-ip", &node_ip];
     args.extend_from_slice(more);
-    let up = start(&args);
-    let kubeconfig = up.kubeconfig.clone();
+    let (up, kubeconfig, _) = cluster_with_node_on(dir, pods, &args);
     eventually(std::time::Duration::from_secs(60), "the node", || {
         kubectl(&kubeconfig, &["get", "node", "node-a"])
             .0
