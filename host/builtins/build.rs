@@ -58,6 +58,10 @@ const STRATEGIES: &[&str] = &[
     "canary",
 ];
 
+/// Examples with a workspace of their own in `examples/`, embedded only with the `testing`
+/// feature for the end-to-end tests.
+const TESTING_EXAMPLES: &[&str] = &["require-labels"];
+
 /// Controllers embedded only with the `testing` feature.
 const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller", "website-operator"];
 
@@ -76,6 +80,7 @@ fn main() {
 
     ensure_target();
 
+    let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
     // A separate target directory: the outer cargo holds the lock on the host's one.
     let target_dir = guest_target_dir(&out_dir);
     // The controllers and the proxy strategies are workspaces of their own: the SDK's
@@ -84,7 +89,14 @@ fn main() {
         plugins.join("Cargo.toml"),
         plugins.join("controllers/Cargo.toml"),
         plugins.join("proxy/Cargo.toml"),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        TESTING_EXAMPLES
+            .iter()
+            .filter(|_| testing)
+            .map(|example| root.join("examples").join(example).join("Cargo.toml")),
+    ) {
         build_guests(&workspace, &target_dir);
     }
 
@@ -92,7 +104,6 @@ fn main() {
         "/// The built-in components, by package name.\npub const ALL: &[Builtin] = &[\n",
     );
     let mut constants = String::new();
-    let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
     let placed = |dir: &'static str| move |guest: &&'static str| (*guest, dir);
     let embedded_guests = GUESTS
         .iter()
@@ -105,6 +116,12 @@ fn main() {
                 .iter()
                 .filter(|_| testing)
                 .map(placed("controllers/")),
+        )
+        .chain(
+            TESTING_EXAMPLES
+                .iter()
+                .filter(|_| testing)
+                .map(placed("../examples/")),
         );
     for (guest, dir) in embedded_guests {
         let file = guest.replace('-', "_");

@@ -1,7 +1,7 @@
 //! The admission seam. Every write passes through it between defaulting and storage, as in
 //! Kubernetes: mutating admission may change the object, then the object is validated, then
 //! validating admission may refuse it. Admission logic itself is policy and lives in plugins;
-//! this module only calls what it is given (nothing, until the admission plugins are wired).
+//! this module only calls what it is given (`flotilla-admission`'s policies in `flotilla`).
 //!
 //! It also holds what a request carries through the write path: who sent it, whether it is a
 //! dry run, and the warnings gathered for its `Warning` headers.
@@ -161,6 +161,17 @@ pub(crate) fn take_duplicates() -> Vec<String> {
     REQUEST
         .try_with(|r| std::mem::take(&mut *r.duplicates.lock().expect("duplicates lock")))
         .unwrap_or_default()
+}
+
+/// Whether the current write is the server's own work rather than a client's request (the
+/// server's bootstrap, its own repairs): admission policies do not see it.
+pub fn is_server_work() -> bool {
+    REQUEST.try_with(|_| ()).is_err()
+}
+
+/// The field manager of the current request, as admission passes it on in the options.
+pub fn field_manager() -> String {
+    manager()
 }
 
 /// The manager of the current request's fields.

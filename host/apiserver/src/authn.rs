@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::ApiError;
 
 /// Who made a request, as Kubernetes' `UserInfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserInfo {
     pub name: String,
     pub uid: String,

@@ -284,6 +284,8 @@ async fn flotillas_own_kinds_are_installed_at_start_and_kept_across_restarts() {
         "wasmmodules",
         "wasmmodulechunks",
         "schedulerprofiles",
+        "admissionpolicies",
+        "admissionpolicies/status",
     ] {
         assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
     }

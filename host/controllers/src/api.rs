@@ -58,7 +58,7 @@ impl Reader {
             return Err(status(
                 403,
                 "Forbidden",
-                format!("the controller did not declare {key}, so it may not read it"),
+                format!("the plugin did not declare {key}, so it may not read it"),
             ));
         }
         self.informers.running(&key).ok_or_else(|| {

@@ -130,6 +130,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let scheduler_token = component_token("system:kube-scheduler")?;
     let controllers_token = component_token("system:kube-controller-manager")?;
+    let admission_token = component_token("system:apiserver")?;
     let agent_token = match &config.agent {
         Some(node) => component_token(&format!("system:node:{}", node.node_name))?,
         None => String::new(),
@@ -169,7 +170,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("cannot make the API server's client certificate")?;
     let node_client = flotilla_apiserver::nodes::NodeClient::new(&client_cert, &client_key)
         .map_err(|e| anyhow::anyhow!(e))?;
+    let admission = flotilla_admission::Admission::new(flotilla_admission::Options::new(
+        flotilla_plugin::PluginHost::new(flotilla_plugin::EngineConfig {
+            cache_dir: Some(config.data_dir.join("plugin-cache")),
+            ..flotilla_plugin::EngineConfig::default()
+        })?,
+    ));
     let options = ApiOptions {
+        admission: admission.chain(),
         authenticator: Some(Arc::new(authenticator)),
         node_client: Some(Arc::new(node_client)),
         join: tls
@@ -191,6 +199,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route("/livez", get(|| async { "ok" }))
         .with_state(store)
         .merge(api.router());
+    {
+        let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &admission_token);
+        let client = flotilla_client::connect(&kubeconfig)
+            .await
+            .context("cannot make the admission policies' client")?;
+        admission.start(client, tokio_util::sync::CancellationToken::new());
+    }
     if config.scheduler {
         let kubeconfig = flotilla_apiserver::kubeconfig::kubeconfig(&url, ca, &scheduler_token);
         let cache = config.data_dir.join("plugin-cache");

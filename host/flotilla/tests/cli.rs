@@ -5684,3 +5684,164 @@ fn proxy_benchmark_reports_the_proxy_next_to_direct_and_nginx() {
     }
     assert!(stdout.contains("WASM strategy cost:"), "{stdout}");
 }
+
+/// An AdmissionPolicy of `examples/require-labels` on ConfigMaps, with `extra` spec lines.
+fn label_policy(name: &str, plugin: &str, settings: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: plugins.flotilla.dev/v1alpha1
+kind: AdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  plugin: {plugin}
+  mode: Validating
+  rules:
+  - operations: [CREATE, UPDATE]
+    apiGroups: [\"\"]
+    apiVersions: [v1]
+    resources: [configmaps]
+  settings: {settings}
+{extra}"
+    )
+}
+
+#[test]
+fn admission_policies_deny_warn_and_check_their_settings_with_kubectl() {
+    use std::time::Duration;
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let wasm = builtin_module(dir.path(), "require-labels");
+    push_plugin(
+        &kubeconfig,
+        &wasm,
+        "require-labels",
+        "admission-policy",
+        None,
+    );
+
+    // Settings the plugin refuses refuse the policy, naming the field and the plugin's reason.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        label_policy("bad", "require-labels", "{labels: team}", ""),
+    )
+    .unwrap();
+    let (ok, _, refused) = kubectl(&kubeconfig, &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        refused.contains("spec.settings") && refused.contains("a list of label keys"),
+        "{refused}"
+    );
+    let missing = dir.path().join("missing.yaml");
+    std::fs::write(
+        &missing,
+        label_policy("missing", "no-such-plugin", "{}", ""),
+    )
+    .unwrap();
+    let (ok, _, refused) = kubectl(&kubeconfig, &["apply", "-f", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        refused.contains("WasmPlugin \"no-such-plugin\" not found"),
+        "{refused}"
+    );
+
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "team.yaml",
+        &label_policy("team-label", "require-labels", "{labels: [team]}", ""),
+    );
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "admissionpolicy/team-label",
+            "--timeout=30s",
+        ],
+    );
+    // The policy's verdict is what kubectl prints, and nothing is stored.
+    let (ok, _, denied) = kubectl(&kubeconfig, &["create", "configmap", "plain"]);
+    assert!(!ok);
+    assert!(
+        denied.contains(
+            "admission policy \"team-label\" denied the request: ConfigMap plain is missing required label(s): team"
+        ),
+        "{denied}"
+    );
+    let (ok, _, _) = kubectl(&kubeconfig, &["get", "configmap", "plain"]);
+    assert!(!ok, "a denied object was stored");
+    // A dry run is admitted by the same policies and leaves nothing behind.
+    let labelled = |name: &str, team: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels:\n    team: \"{team}\"\n"
+        )
+    };
+    let dry = dir.path().join("dry.yaml");
+    std::fs::write(&dry, labelled("dry", "a")).unwrap();
+    kubectl_ok(
+        &kubeconfig,
+        &["apply", "--dry-run=server", "-f", dry.to_str().unwrap()],
+    );
+    let (ok, _, _) = kubectl(&kubeconfig, &["get", "configmap", "dry"]);
+    assert!(!ok, "a dry run stored its object");
+    // A warning from the policy reaches kubectl.
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, labelled("empty", "")).unwrap();
+    let (ok, _, warned) = kubectl(&kubeconfig, &["apply", "-f", empty.to_str().unwrap()]);
+    assert!(ok, "{warned}");
+    assert!(warned.contains("Warning: label team is empty"), "{warned}");
+    // The system namespaces are exempt.
+    kubectl_ok(
+        &kubeconfig,
+        &["-n", "kube-system", "create", "configmap", "system"],
+    );
+
+    // A policy whose plugin cannot serve refuses what it matches with Fail, admits with Ignore.
+    kubectl_ok(&kubeconfig, &["delete", "admissionpolicy", "team-label"]);
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "strict.yaml",
+        &label_policy(
+            "strict",
+            "require-labels",
+            "{labels: [team]}",
+            "  failurePolicy: Fail\n",
+        ),
+    );
+    let lenient = label_policy(
+        "lenient",
+        "require-labels",
+        "{labels: [team]}",
+        "  failurePolicy: Ignore\n",
+    )
+    .replace("[configmaps]", "[secrets]");
+    apply_manifest(&kubeconfig, dir.path(), "lenient.yaml", &lenient);
+    for policy in ["strict", "lenient"] {
+        kubectl_ok(
+            &kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("admissionpolicy/{policy}"),
+                "--timeout=30s",
+            ],
+        );
+    }
+    let (ok, _, denied) = kubectl(&kubeconfig, &["create", "secret", "generic", "first"]);
+    assert!(
+        !ok && denied.contains("admission policy \"lenient\" denied"),
+        "{denied}"
+    );
+    kubectl_ok(&kubeconfig, &["delete", "wasmplugin", "require-labels"]);
+    let failing = eventually(Duration::from_secs(30), "the policy to fail closed", || {
+        let (ok, _, error) = kubectl(&kubeconfig, &["create", "configmap", "closed"]);
+        assert!(!ok, "a Fail policy without its plugin admitted a write");
+        error.contains("not found").then_some(error)
+    });
+    assert!(
+        failing.contains("admission policy \"strict\" failed"),
+        "{failing}"
+    );
+    kubectl_ok(&kubeconfig, &["create", "secret", "generic", "open"]);
+}

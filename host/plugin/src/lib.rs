@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 pub use admission::AdmissionPolicy;
 pub use cache::{ArtifactCache, CacheStats};
@@ -392,8 +395,17 @@ impl Module {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+        // Every tick the guest gives its thread back to the async executor, so a guest that
+        // computes for long never holds a host thread for more than one tick; at its deadline
+        // it is stopped.
+        store.epoch_deadline_callback(|context| {
+            Ok(if Instant::now() >= context.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store.set_epoch_deadline(1);
         store.data_mut().deadline = Instant::now() + limits.call_deadline;
         let instance = match tokio::time::timeout(
             limits.call_deadline + ABANDON_AFTER,
@@ -437,10 +449,6 @@ async fn within<R>(
     tokio::time::timeout(deadline + ABANDON_AFTER, call)
         .await
         .ok()
-}
-
-fn deadline_ticks(deadline: Duration) -> u64 {
-    (deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
 }
 
 /// Turns a wasmtime error into a failure, using what the host recorded about why it stopped
@@ -551,7 +559,7 @@ impl Instance {
         state.crossed = inputs;
         state.stopped = None;
         state.deadline = Instant::now() + deadline;
-        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        self.store.set_epoch_deadline(1);
         Ok(deadline)
     }
 
