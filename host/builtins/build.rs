@@ -58,9 +58,14 @@ const STRATEGIES: &[&str] = &[
     "canary",
 ];
 
-/// Examples with a workspace of their own in `examples/`, embedded only with the `testing`
-/// feature for the end-to-end tests.
-const TESTING_EXAMPLES: &[&str] = &["require-labels"];
+/// Admission policies in `plugins/admission` (the examples among them live in `examples/`),
+/// embedded only with the `testing` feature for the end-to-end tests.
+const TESTING_ADMISSION: &[&str] = &[
+    "admission-misbehave",
+    "require-labels",
+    "allowed-images",
+    "inject-env",
+];
 
 /// Controllers embedded only with the `testing` feature.
 const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller", "website-operator"];
@@ -89,14 +94,8 @@ fn main() {
         plugins.join("Cargo.toml"),
         plugins.join("controllers/Cargo.toml"),
         plugins.join("proxy/Cargo.toml"),
-    ]
-    .into_iter()
-    .chain(
-        TESTING_EXAMPLES
-            .iter()
-            .filter(|_| testing)
-            .map(|example| root.join("examples").join(example).join("Cargo.toml")),
-    ) {
+        plugins.join("admission/Cargo.toml"),
+    ] {
         build_guests(&workspace, &target_dir);
     }
 
@@ -118,10 +117,10 @@ fn main() {
                 .map(placed("controllers/")),
         )
         .chain(
-            TESTING_EXAMPLES
+            TESTING_ADMISSION
                 .iter()
                 .filter(|_| testing)
-                .map(placed("../examples/")),
+                .map(placed("admission/")),
         );
     for (guest, dir) in embedded_guests {
         let file = guest.replace('-', "_");

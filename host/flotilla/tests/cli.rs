@@ -5845,3 +5845,205 @@ fn admission_policies_deny_warn_and_check_their_settings_with_kubectl() {
     );
     kubectl_ok(&kubeconfig, &["create", "secret", "generic", "open"]);
 }
+
+/// An AdmissionPolicy of the misbehaving test plugin on `resource`, doing `settings`.
+fn misbehaving_policy(
+    name: &str,
+    resource: &str,
+    failure: &str,
+    timeout: u32,
+    settings: &str,
+) -> String {
+    format!(
+        "apiVersion: plugins.flotilla.dev/v1alpha1
+kind: AdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  plugin: misbehave
+  mode: Validating
+  failurePolicy: {failure}
+  timeoutSeconds: {timeout}
+  rules:
+  - operations: [CREATE]
+    apiGroups: [\"\"]
+    apiVersions: [v1]
+    resources: [{resource}]
+  settings: {settings}
+"
+    )
+}
+
+#[test]
+fn a_policy_past_its_timeout_is_refused_or_ignored_and_the_server_keeps_serving() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let wasm = builtin_module(dir.path(), "admission-misbehave");
+    push_plugin(&kubeconfig, &wasm, "misbehave", "admission-policy", None);
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "sleepy.yaml",
+        &misbehaving_policy(
+            "sleepy",
+            "configmaps",
+            "Fail",
+            1,
+            "{mode: sleep, seconds: 20}",
+        ),
+    );
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "spinning.yaml",
+        &misbehaving_policy("spinning", "secrets", "Ignore", 3, "{mode: loop}"),
+    );
+    for policy in ["sleepy", "spinning"] {
+        kubectl_ok(
+            &kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("admissionpolicy/{policy}"),
+                "--timeout=30s",
+            ],
+        );
+    }
+
+    // Fail: the request is refused with a message naming the policy, long before the plugin's
+    // 20 s sleep would end.
+    let (ok, _, refused) = kubectl(&kubeconfig, &["create", "configmap", "slow"]);
+    assert!(!ok, "a Fail policy past its timeout admitted a write");
+    assert!(
+        refused.contains("admission policy \"sleepy\" failed") && refused.contains("1s"),
+        "{refused}"
+    );
+    let (ok, _, _) = kubectl(&kubeconfig, &["get", "configmap", "slow"]);
+    assert!(!ok, "a refused object was stored");
+
+    // Ignore: requests whose policy computes forever are admitted at its timeout; while four of
+    // them keep the plugin busy on both cores, the server answers other requests.
+    let spinning: Vec<Child> = (0..4)
+        .map(|i| {
+            Command::new("kubectl")
+                .args([
+                    "create",
+                    "secret",
+                    "generic",
+                    &format!("spun-{i}"),
+                    "--kubeconfig",
+                ])
+                .arg(&kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    kubectl_ok(&kubeconfig, &["get", "namespaces"]);
+    let mut spinning = spinning;
+    let unanswered = spinning
+        .iter_mut()
+        .map(|child| child.try_wait().unwrap().is_none())
+        .filter(|running| *running)
+        .count();
+    assert_eq!(
+        unanswered, 4,
+        "the server answered a read only after spinning admissions had ended"
+    );
+    for child in spinning {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "an Ignore policy past its timeout refused a write: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    kubectl_ok(&kubeconfig, &["get", "secret", "spun-0", "spun-3"]);
+}
+
+#[test]
+fn a_mutating_policy_changes_the_stored_object_and_allowed_images_denies_with_kubectl() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    for name in ["inject-env", "allowed-images"] {
+        let wasm = builtin_module(dir.path(), name);
+        push_plugin(&kubeconfig, &wasm, name, "admission-policy", None);
+    }
+    let policy = |name: &str, mode: &str, settings: &str| {
+        format!(
+            "apiVersion: plugins.flotilla.dev/v1alpha1
+kind: AdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  plugin: {name}
+  mode: {mode}
+  rules:
+  - operations: [CREATE]
+    apiGroups: [\"\"]
+    apiVersions: [v1]
+    resources: [pods]
+  settings: {settings}
+"
+        )
+    };
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "inject.yaml",
+        &policy(
+            "inject-env",
+            "Mutating",
+            "{name: CLUSTER_REGION, value: eu-west}",
+        ),
+    );
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "images.yaml",
+        &policy(
+            "allowed-images",
+            "Validating",
+            "{prefixes: [\"registry.local:5000/\"]}",
+        ),
+    );
+    for name in ["inject-env", "allowed-images"] {
+        kubectl_ok(
+            &kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("admissionpolicy/{name}"),
+                "--timeout=30s",
+            ],
+        );
+    }
+    let pod = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: {image}\n  - name: side\n    image: {image}\n    env:\n    - {{name: CLUSTER_REGION, value: mine}}\n"
+        )
+    };
+    let allowed = dir.path().join("allowed.yaml");
+    std::fs::write(&allowed, pod("allowed", "registry.local:5000/app.wasm")).unwrap();
+    kubectl_ok(&kubeconfig, &["apply", "-f", allowed.to_str().unwrap()]);
+    let env = kubectl_ok(
+        &kubeconfig,
+        &[
+            "get",
+            "pod",
+            "allowed",
+            "-o",
+            "jsonpath={range .spec.containers[*]}{.env[*].value};{end}",
+        ],
+    );
+    assert_eq!(env, "eu-west;mine;", "the stored pod's env");
+
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, pod("other", "elsewhere.example/app.wasm")).unwrap();
+    let (ok, _, denied) = kubectl(&kubeconfig, &["apply", "-f", other.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        denied.contains("admission policy \"allowed-images\" denied the request")
+            && denied.contains("app (elsewhere.example/app.wasm)"),
+        "{denied}"
+    );
+}
