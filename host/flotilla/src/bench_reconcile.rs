@@ -443,9 +443,16 @@ pub async fn reconcile(args: ReconcileBenchArgs) -> anyhow::Result<()> {
         // nothing from here on.
         let mut quiet = 0;
         for _ in 0..200 {
+            // A build runs only on a cache that has seen the other's last write: a write on
+            // a stale one would conflict.
             let (_, wrote_wasm) = reconcile_wasm!();
+            if wrote_wasm {
+                quiet = 0;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let (_, wrote_native) = reconcile_native!();
-            if wrote_wasm || wrote_native {
+            if wrote_native {
                 quiet = 0;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             } else {

@@ -4314,15 +4314,25 @@ fn controllers_resume_after_a_restart_without_duplicates() {
     ]);
     let pods = run(&["get", "pods", "-l", "app=web", "-o", "name"]);
     assert_eq!(pods.lines().count(), 4, "{pods}");
-    let creates = run(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=web,reason=SuccessfulCreate",
-        "-o",
-        "name",
-    ]);
-    assert_eq!(creates.lines().count(), 4, "{creates}");
+    // Events are written after the pods they report: wait for the fourth, and see no fifth.
+    let count_creates = || {
+        run(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web,reason=SuccessfulCreate",
+            "-o",
+            "name",
+        ])
+        .lines()
+        .count()
+    };
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the fourth SuccessfulCreate event",
+        || (count_creates() >= 4).then_some(()),
+    );
+    assert_eq!(count_creates(), 4, "a pod was created twice");
 }
 
 #[test]
