@@ -1,7 +1,6 @@
 //! AdmissionPolicy objects: their spec, which requests their rules match, and which requests
 //! are exempt from every policy that has not opted in.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_api::selector::LabelSelector;
@@ -237,18 +236,7 @@ impl Compiled {
     }
 }
 
-/// An object's labels.
-pub fn labels(object: &Value) -> BTreeMap<String, String> {
-    object["metadata"]["labels"]
-        .as_object()
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use flotilla_controllers::labels;
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ use serde_json::Value;
 pub use manager::{Key, ManagerOptions, run};
 
 /// An object's labels.
-pub(crate) fn labels(object: &Value) -> BTreeMap<String, String> {
+pub fn labels(object: &Value) -> BTreeMap<String, String> {
     object["metadata"]["labels"]
         .as_object()
         .map(|labels| {

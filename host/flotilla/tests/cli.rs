@@ -4059,9 +4059,24 @@ fn object_json(kubeconfig: &Path, kind: &str, name: &str) -> serde_json::Value {
 
 /// Writes `yaml` to `dir/file` and `kubectl apply`s it.
 fn apply_manifest(kubeconfig: &Path, dir: &Path, file: &str, yaml: &str) {
+    let (ok, _, stderr) = try_apply(kubeconfig, dir, file, yaml, &[]);
+    assert!(ok, "kubectl apply of {file} failed: {stderr}");
+}
+
+/// Writes `yaml` to `dir/file` and `kubectl apply`s it with `more` arguments: whether it
+/// succeeded, and what kubectl printed.
+fn try_apply(
+    kubeconfig: &Path,
+    dir: &Path,
+    file: &str,
+    yaml: &str,
+    more: &[&str],
+) -> (bool, String, String) {
     let path = dir.join(file);
     std::fs::write(&path, yaml).unwrap();
-    kubectl_ok(kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
+    let mut args = vec!["apply", "-f", path.to_str().unwrap()];
+    args.extend_from_slice(more);
+    kubectl(kubeconfig, &args)
 }
 
 /// A built-in component written to `dir` as `<name>.wasm`.
@@ -5729,25 +5744,25 @@ fn admission_policies_deny_warn_and_check_their_settings_with_kubectl() {
     );
 
     // Settings the plugin refuses refuse the policy, naming the field and the plugin's reason.
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        label_policy("bad", "require-labels", "{labels: team}", ""),
-    )
-    .unwrap();
-    let (ok, _, refused) = kubectl(&kubeconfig, &["apply", "-f", bad.to_str().unwrap()]);
+    let (ok, _, refused) = try_apply(
+        &kubeconfig,
+        dir.path(),
+        "bad.yaml",
+        &label_policy("bad", "require-labels", "{labels: team}", ""),
+        &[],
+    );
     assert!(!ok);
     assert!(
         refused.contains("spec.settings") && refused.contains("a list of label keys"),
         "{refused}"
     );
-    let missing = dir.path().join("missing.yaml");
-    std::fs::write(
-        &missing,
-        label_policy("missing", "no-such-plugin", "{}", ""),
-    )
-    .unwrap();
-    let (ok, _, refused) = kubectl(&kubeconfig, &["apply", "-f", missing.to_str().unwrap()]);
+    let (ok, _, refused) = try_apply(
+        &kubeconfig,
+        dir.path(),
+        "missing.yaml",
+        &label_policy("missing", "no-such-plugin", "{}", ""),
+        &[],
+    );
     assert!(!ok);
     assert!(
         refused.contains("WasmPlugin \"no-such-plugin\" not found"),
@@ -5786,18 +5801,24 @@ fn admission_policies_deny_warn_and_check_their_settings_with_kubectl() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  labels:\n    team: \"{team}\"\n"
         )
     };
-    let dry = dir.path().join("dry.yaml");
-    std::fs::write(&dry, labelled("dry", "a")).unwrap();
-    kubectl_ok(
+    let (ok, _, error) = try_apply(
         &kubeconfig,
-        &["apply", "--dry-run=server", "-f", dry.to_str().unwrap()],
+        dir.path(),
+        "dry.yaml",
+        &labelled("dry", "a"),
+        &["--dry-run=server"],
     );
+    assert!(ok, "{error}");
     let (ok, _, _) = kubectl(&kubeconfig, &["get", "configmap", "dry"]);
     assert!(!ok, "a dry run stored its object");
     // A warning from the policy reaches kubectl.
-    let empty = dir.path().join("empty.yaml");
-    std::fs::write(&empty, labelled("empty", "")).unwrap();
-    let (ok, _, warned) = kubectl(&kubeconfig, &["apply", "-f", empty.to_str().unwrap()]);
+    let (ok, _, warned) = try_apply(
+        &kubeconfig,
+        dir.path(),
+        "empty.yaml",
+        &labelled("empty", ""),
+        &[],
+    );
     assert!(ok, "{warned}");
     assert!(warned.contains("Warning: label team is empty"), "{warned}");
     // The system namespaces are exempt.
@@ -6032,9 +6053,12 @@ spec:
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: {image}\n  - name: side\n    image: {image}\n    env:\n    - {{name: CLUSTER_REGION, value: mine}}\n"
         )
     };
-    let allowed = dir.path().join("allowed.yaml");
-    std::fs::write(&allowed, pod("allowed", "registry.local:5000/app.wasm")).unwrap();
-    kubectl_ok(&kubeconfig, &["apply", "-f", allowed.to_str().unwrap()]);
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "allowed.yaml",
+        &pod("allowed", "registry.local:5000/app.wasm"),
+    );
     let env = kubectl_ok(
         &kubeconfig,
         &[
@@ -6047,9 +6071,13 @@ spec:
     );
     assert_eq!(env, "eu-west;mine;", "the stored pod's env");
 
-    let other = dir.path().join("other.yaml");
-    std::fs::write(&other, pod("other", "elsewhere.example/app.wasm")).unwrap();
-    let (ok, _, denied) = kubectl(&kubeconfig, &["apply", "-f", other.to_str().unwrap()]);
+    let (ok, _, denied) = try_apply(
+        &kubeconfig,
+        dir.path(),
+        "other.yaml",
+        &pod("other", "elsewhere.example/app.wasm"),
+        &[],
+    );
     assert!(!ok);
     assert!(
         denied.contains("admission policy \"allowed-images\" denied the request")
