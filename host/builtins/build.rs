@@ -47,6 +47,7 @@ const CONTROLLERS: &[&str] = &[
     "statefulset-controller",
     "cronjob-controller",
     "namespace-controller",
+    "resourcequota-controller",
 ];
 
 /// The built-in proxy strategies, in `plugins/proxy`.
@@ -58,14 +59,20 @@ const STRATEGIES: &[&str] = &[
     "canary",
 ];
 
+/// The built-in admission policies, in `plugins/admission/builtin`.
+const ADMISSION: &[&str] = &[
+    "namespace-lifecycle",
+    "limit-ranger",
+    "resource-quota",
+    "pod-security",
+];
+
+/// Example admission policies `flotilla bench admission` measures (from `examples/`).
+const BENCH_ADMISSION: &[&str] = &["require-labels"];
+
 /// Admission policies in `plugins/admission` (the examples among them live in `examples/`),
 /// embedded only with the `testing` feature for the end-to-end tests.
-const TESTING_ADMISSION: &[&str] = &[
-    "admission-misbehave",
-    "require-labels",
-    "allowed-images",
-    "inject-env",
-];
+const TESTING_ADMISSION: &[&str] = &["admission-misbehave", "allowed-images", "inject-env"];
 
 /// Controllers embedded only with the `testing` feature.
 const TESTING_CONTROLLERS: &[&str] = &["misbehaving-controller", "website-operator"];
@@ -109,6 +116,8 @@ fn main() {
         .map(placed(""))
         .chain(CONTROLLERS.iter().map(placed("controllers/")))
         .chain(STRATEGIES.iter().map(placed("proxy/")))
+        .chain(ADMISSION.iter().map(placed("admission/builtin/")))
+        .chain(BENCH_ADMISSION.iter().map(placed("../examples/")))
         .chain(TESTING_GUESTS.iter().filter(|_| testing).map(placed("")))
         .chain(
             TESTING_CONTROLLERS

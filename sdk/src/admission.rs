@@ -105,6 +105,13 @@ impl Response {
         self.patch = Some(json_patch.into());
         self
     }
+
+    /// Mutates the object by answering it whole, changed (JSON); the host applies the
+    /// difference. Its apiVersion, kind, name and namespace must stay as they were.
+    pub fn mutated(mut self, object: impl Into<String>) -> Self {
+        self.patch = Some(object.into());
+        self
+    }
 }
 
 /// An admission policy. One value lives in the plugin's instance; reviews come one at a time.
@@ -132,8 +139,14 @@ pub trait Singleton: AdmissionPolicy {
 }
 
 /// Reads of the host's informer cache, for the kinds the policy declared.
-#[cfg(all(target_arch = "wasm32", feature = "admission"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "admission"))]
 pub use crate::cache::{get as cache_get, list as cache_list};
+
+/// Reads and writes through the API server, for the bookkeeping a decision needs (a quota's
+/// usage): `api::get` reads past the cache, `api::update_subresource` writes a status with
+/// its resourceVersion as the precondition. A policy must write nothing on a dry run.
+#[cfg(any(not(target_arch = "wasm32"), feature = "admission"))]
+pub use crate::controller::api;
 
 /// Exports an [`AdmissionPolicy`] as the component's `admission-policy` world.
 #[macro_export]

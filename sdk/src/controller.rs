@@ -185,12 +185,27 @@ pub trait Singleton: Controller {
     fn with<R>(f: impl FnOnce(&mut Result<Self, String>) -> R) -> R;
 }
 
-/// Writes through the API server, as the plugin's identity.
-#[cfg(all(target_arch = "wasm32", feature = "controller"))]
+/// Writes through the API server, as the plugin's identity (controllers and, for the
+/// bookkeeping a decision needs, admission policies).
+#[cfg(all(
+    target_arch = "wasm32",
+    any(feature = "admission", feature = "controller")
+))]
 pub mod api {
     use super::{ApiResource, DeleteOptions, Event, ObjectRef, PatchType, Remaining, Status};
     use crate::convert::{status, wit_object_ref};
     use crate::imports::api;
+
+    /// One object read from the API server itself (not the cache), or none when it does not
+    /// exist: what to read back after a write conflicted.
+    pub fn get(
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        api::get(api_version, kind, namespace, name).map_err(status)
+    }
 
     /// Creates an object (JSON) and returns it as stored.
     pub fn create(object: &str) -> Result<String, Status> {
@@ -289,6 +304,15 @@ pub mod api {
 pub mod api {
     use super::{ApiResource, DeleteOptions, Event, ObjectRef, PatchType, Remaining, Status};
     use crate::native::with;
+
+    pub fn get(
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        with(|h| h.read(api_version, kind, namespace, name), Err)
+    }
 
     pub fn create(object: &str) -> Result<String, Status> {
         with(|h| h.create(object), Err)

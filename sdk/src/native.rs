@@ -30,6 +30,16 @@ pub trait NativeHost: Send + Sync {
         kind: &str,
         selection: &Selection,
     ) -> Result<Vec<String>, Status>;
+    /// `api.get`: one object from the API server itself. Unless overridden, the cache's answer.
+    fn read(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        self.get(api_version, kind, namespace, name)
+    }
     fn create(&self, object: &str) -> Result<String, Status>;
     fn create_batch(&self, objects: &[String]) -> Vec<Result<String, Status>> {
         objects.iter().map(|o| self.create(o)).collect()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_client::plugins::{self, ComponentStatus, Reporter, WasmPluginSpec};
-use flotilla_controllers::api::Reader;
+use flotilla_controllers::api::{Reader, Writer};
 use flotilla_controllers::informer::{Informer, Informers, KindKey};
 use flotilla_plugin::{Health, Services};
 use futures::StreamExt;
@@ -48,6 +48,7 @@ struct LoadKey {
     spec: WasmPluginSpec,
     timeout: Duration,
     reads: Vec<KindRef>,
+    writes: Vec<KindRef>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +68,8 @@ struct Inner {
     reporter: Reporter,
     slots: Mutex<HashMap<String, Slot>>,
     namespaces: std::sync::OnceLock<Arc<Informer>>,
+    /// Where policies' writers would send events (they may send none).
+    events: Arc<flotilla_controllers::events::Recorder>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -87,6 +90,7 @@ pub fn start(admission: Admission, client: kube::Client, stop: CancellationToken
             informers: Informers::new(client.clone(), stop.clone()),
             options: admission.shared.options.clone(),
             reporter: Reporter::start(client.clone(), stop.clone()),
+            events: flotilla_controllers::events::Recorder::start(client.clone(), stop.clone()),
             client,
             slots: Mutex::default(),
             namespaces: std::sync::OnceLock::new(),
@@ -134,6 +138,7 @@ impl Handle {
             spec,
             timeout: policy.timeout,
             reads: policy.spec.reads.clone(),
+            writes: policy.spec.writes.clone(),
         };
         let serving = self
             .inner
@@ -176,12 +181,31 @@ impl Handle {
         .await?;
         let mut limits = key.spec.limits(&inner.options.default_limits);
         limits.call_deadline = key.timeout;
+        let api: Option<Arc<dyn flotilla_plugin::ApiWriter>> = if key.writes.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::writes::StatusWriter {
+                writer: Writer {
+                    client: inner.client.clone(),
+                    informers: inner.informers.clone(),
+                    events: inner.events.clone(),
+                    manager: format!("admission-policy/{}", key.plugin),
+                    written: std::sync::Mutex::default(),
+                },
+                allowed: key
+                    .writes
+                    .iter()
+                    .map(|w| KindKey::new(&w.api_version, &w.kind))
+                    .collect(),
+            }))
+        };
         let services = Services {
             config: key.spec.config_json(),
             cache: Some(Arc::new(Reader {
                 informers: inner.informers.clone(),
                 allowed,
             })),
+            api,
             ..Services::default()
         };
         Pool::start(module, limits, services).await.map(Arc::new)
@@ -202,6 +226,26 @@ impl Handle {
         };
         let _ = self.inner.namespaces.set(namespaces);
         let client = &self.inner.client;
+        if self.inner.options.install_builtins {
+            // Before the first load, so the policies are in force from the first request on;
+            // but never holding requests back for long: past the deadline the first load goes
+            // ahead, and what is missing is the operator's to see in the log.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut delay = Duration::from_millis(100);
+            while let Err(error) =
+                crate::builtins::install(client, &self.inner.options.disabled_builtins).await
+            {
+                if Instant::now() > deadline {
+                    tracing::error!(
+                        "the built-in admission policies are not all installed: {error}"
+                    );
+                    break;
+                }
+                tracing::debug!("cannot install the built-in admission policies yet: {error}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
         let policies_write = reflector::store::Writer::new(policies());
         let policies_read = policies_write.as_reader();
         let plugins_write = reflector::store::Writer::new(plugins::resource("WasmPlugin"));
@@ -301,6 +345,7 @@ impl Handle {
                             spec,
                             timeout: compiled.timeout,
                             reads: compiled.spec.reads.clone(),
+                            writes: compiled.spec.writes.clone(),
                         }),
                     }
                 }),

@@ -10,9 +10,11 @@
 //! failing plugin take the server down: the system namespaces and Flotilla's own objects are
 //! exempt from every policy that does not opt in, and the server's own work is never admitted.
 
+pub mod builtins;
 mod control;
 pub mod policy;
 pub mod pool;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -33,7 +35,7 @@ use policy::{Compiled, Mode, OWN_GROUP, Target};
 use pool::Pool;
 
 /// How long a request waits for the policies' first load before it is refused with 503.
-const READY_WAIT: Duration = Duration::from_secs(10);
+const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// How the admission host runs its plugins.
 #[derive(Clone, Debug)]
@@ -41,6 +43,10 @@ pub struct Options {
     pub plugin_host: PluginHost,
     /// Limits for plugins whose WasmPlugin sets none (the call deadline is the policy's timeout).
     pub default_limits: Limits,
+    /// Whether the built-in policies ([`builtins`]) are installed when the host starts.
+    pub install_builtins: bool,
+    /// Built-in policies not to install (and to delete if they were).
+    pub disabled_builtins: Vec<String>,
 }
 
 impl Options {
@@ -48,6 +54,8 @@ impl Options {
         Self {
             plugin_host,
             default_limits: Limits::default(),
+            install_builtins: true,
+            disabled_builtins: Vec::new(),
         }
     }
 }
@@ -448,12 +456,16 @@ impl Review {
             options["fieldManager"] = json!(seam::field_manager());
         }
         let user = request.user.clone().unwrap_or_default();
+        let (group, version, kind) =
+            request
+                .object_kind
+                .unwrap_or((resource.group, resource.version, resource.kind));
         Self {
             uid: uuid::Uuid::new_v4().to_string(),
             kind: wit::GroupVersionKind {
-                group: resource.group.to_owned(),
-                version: resource.version.to_owned(),
-                kind: resource.kind.to_owned(),
+                group: group.to_owned(),
+                version: version.to_owned(),
+                kind: kind.to_owned(),
             },
             resource: wit::GroupVersionResource {
                 group: resource.group.to_owned(),
@@ -508,6 +520,14 @@ fn target_of<'a>(request: &'a AdmissionRequest<'a>) -> Target<'a> {
     }
 }
 
+/// Who the admission host itself writes as (its built-in installs, its status reports).
+pub const OWN_USER: &str = "system:apiserver";
+
+/// Work no policy sees: the server's own writes, and the admission host's through the API.
+fn is_own_work(request: &AdmissionRequest<'_>) -> bool {
+    seam::is_server_work() || request.user.as_ref().is_some_and(|u| u.name == OWN_USER)
+}
+
 fn is_policies(request: &AdmissionRequest<'_>) -> bool {
     request.resource.group == OWN_GROUP
         && request.resource.plural == "admissionpolicies"
@@ -521,7 +541,7 @@ impl MutatingAdmission for Admission {
         request: &AdmissionRequest<'_>,
         object: &mut Value,
     ) -> Result<(), ApiError> {
-        if seam::is_server_work() {
+        if is_own_work(request) {
             return Ok(());
         }
         let target = target_of(request);
@@ -561,7 +581,7 @@ impl ValidatingAdmission for Admission {
         if let Some(object) = object.filter(|_| is_policies(request)) {
             self.check_policy(object).await?;
         }
-        if seam::is_server_work() {
+        if is_own_work(request) {
             return Ok(());
         }
         let target = target_of(request);

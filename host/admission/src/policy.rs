@@ -80,6 +80,9 @@ pub struct PolicySpec {
     pub settings: Option<Value>,
     #[serde(default)]
     pub reads: Vec<KindRef>,
+    /// Kinds whose status the policy may read live and write (a quota's usage).
+    #[serde(default)]
+    pub writes: Vec<KindRef>,
     #[serde(default)]
     pub include_system: bool,
 }

@@ -12,7 +12,7 @@ pub mod defaults;
 pub mod managed;
 pub mod objects;
 pub mod patch;
-pub mod quantity;
+pub use flotilla_quantity as quantity;
 pub mod selector;
 pub mod status;
 pub mod strategic;

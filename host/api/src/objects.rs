@@ -11,6 +11,7 @@
 mod config;
 mod network;
 mod pod;
+mod quota;
 mod workloads;
 
 use std::collections::BTreeSet;
@@ -53,6 +54,8 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
         ("", "ConfigMap") => config::config_map(object, old, &mut out),
         ("", "Secret") => config::secret(object, old, &mut out),
         ("", "Namespace") => namespace(object, &mut out),
+        ("", "LimitRange") => quota::limit_range(object, &mut out),
+        ("", "ResourceQuota") => quota::resource_quota(object, &mut out),
         ("", "Event") => event(object, &mut out),
         ("apps", "Deployment") => workloads::deployment(object, old, &mut out),
         ("apps", "ReplicaSet") => workloads::replica_set(object, old, &mut out),
@@ -127,6 +130,14 @@ impl<'a> Field<'a> {
         Self {
             value: &self.value[name],
             path: self.path.child(name),
+        }
+    }
+
+    /// The entry `key` of a map below this field, at `path[key]`.
+    fn entry(&self, key: &str) -> Self {
+        Self {
+            value: &self.value[key],
+            path: self.path.key(key),
         }
     }
 

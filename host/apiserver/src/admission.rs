@@ -48,6 +48,9 @@ pub struct AdmissionRequest<'a> {
     pub old_object: Option<&'a Value>,
     pub user: Option<UserInfo>,
     pub dry_run: bool,
+    /// The group, version and kind of the object when it is not the resource's own (a
+    /// `Binding` sent to `pods/binding`, an `Eviction` to `pods/eviction`).
+    pub object_kind: Option<(&'a str, &'a str, &'a str)>,
 }
 
 /// A mutating admission step: may change the object, warn, or refuse with a Status.

@@ -159,6 +159,7 @@ pub(crate) async fn delete_key(
             old_object: Some(&object),
             user: admission::user(),
             dry_run: admission::dry_run(),
+            object_kind: None,
         };
         server.admission.validate(&request, None).await?;
         if request.dry_run {
@@ -287,17 +288,6 @@ pub(crate) fn guard_update(existing: &Value, object: &mut Value) -> Result<bool,
     object["metadata"]["deletionGracePeriodSeconds"] = old["deletionGracePeriodSeconds"].clone();
     Ok(finalizers(object).is_empty()
         && old["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0)
-}
-
-/// Whether `namespace` is being deleted, and so takes no new objects.
-pub(crate) fn refuse_in_terminating(namespace: &Value, name: &str) -> Result<(), ApiError> {
-    if namespace["metadata"]["deletionTimestamp"].is_null() {
-        return Ok(());
-    }
-    Err(ApiError::from(Status::new(
-        StatusReason::Forbidden,
-        format!("unable to create new content in namespace {name} because it is being terminated"),
-    )))
 }
 
 /// Deletes every object of `resources` (in `namespace`, or everywhere) and waits until they are

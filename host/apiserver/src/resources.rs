@@ -291,7 +291,7 @@ const fn core(
         categories,
         has_status: matches!(
             plural.as_bytes(),
-            b"pods" | b"services" | b"nodes" | b"namespaces"
+            b"pods" | b"services" | b"nodes" | b"namespaces" | b"resourcequotas"
         ),
         custom: None,
     }
@@ -307,6 +307,22 @@ pub fn builtin() -> Vec<ResourceDef> {
         core("Endpoints", "endpoints", "endpoints", &["ep"], true, &[]),
         core("ConfigMap", "configmaps", "configmap", &["cm"], true, &[]),
         core("Secret", "secrets", "secret", &[], true, &[]),
+        core(
+            "LimitRange",
+            "limitranges",
+            "limitrange",
+            &["limits"],
+            true,
+            &[],
+        ),
+        core(
+            "ResourceQuota",
+            "resourcequotas",
+            "resourcequota",
+            &["quota"],
+            true,
+            &[],
+        ),
         core("Event", "events", "event", &["ev"], true, &[]),
         core(
             "ServiceAccount",

@@ -5,6 +5,7 @@ use flotilla_api::{LabelSelector, Status, StatusCause, StatusReason};
 use flotilla_store::{StoreExt, TxnOutcome};
 use serde_json::{Value, json};
 
+use crate::admission;
 use crate::delete::{self, DeleteOptions};
 use crate::resources::{ResourceDef, ScalePaths};
 use crate::{
@@ -145,8 +146,42 @@ fn success(code: u16) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
 }
 
+/// Admission of a create on a pod subresource that takes an object of its own (a Binding, an
+/// Eviction), as Kubernetes admits `CREATE pods/binding`: mutating then validating policies,
+/// the object being the one sent.
+async fn admit_create(
+    server: &ApiServer,
+    target: &Target<'_>,
+    subresource: &str,
+    kind: (&str, &str, &str),
+    object: &mut Value,
+) -> Result<(), ApiError> {
+    let request = admission::AdmissionRequest {
+        operation: admission::Operation::Create,
+        resource: target.resource,
+        subresource: Some(subresource),
+        namespace: target.namespace.as_deref(),
+        name: target.name.as_deref().unwrap_or_default(),
+        old_object: None,
+        user: admission::user(),
+        dry_run: admission::dry_run(),
+        object_kind: Some(kind),
+    };
+    server.admission.mutate(&request, object).await?;
+    server.admission.validate(&request, Some(object)).await
+}
+
 /// `POST pods/<name>/binding`: assigns the pod to a node, once.
 pub(crate) async fn bind(server: &ApiServer, target: &Target<'_>, binding: Value) -> ApiResult {
+    let mut binding = binding;
+    admit_create(
+        server,
+        target,
+        "binding",
+        ("", "v1", "Binding"),
+        &mut binding,
+    )
+    .await?;
     let name = target.name.as_deref().unwrap_or_default();
     let node = binding["target"]["name"].as_str().unwrap_or_default();
     let invalid =
@@ -203,6 +238,15 @@ pub(crate) async fn bind(server: &ApiServer, target: &Target<'_>, binding: Value
 /// `POST pods/<name>/eviction`: deletes the pod with the eviction's delete options. No
 /// PodDisruptionBudget is served, so nothing refuses an eviction.
 pub(crate) async fn evict(server: &ApiServer, target: &Target<'_>, eviction: Value) -> ApiResult {
+    let mut eviction = eviction;
+    admit_create(
+        server,
+        target,
+        "eviction",
+        ("policy", "v1", "Eviction"),
+        &mut eviction,
+    )
+    .await?;
     let options = &eviction["deleteOptions"];
     let options = DeleteOptions {
         grace_period: options["gracePeriodSeconds"].as_i64(),

@@ -147,6 +147,23 @@ fn count(value: &Value) -> usize {
         .unwrap_or(0)
 }
 
+/// `pods: 1/10, requests.cpu: 500m/2` as `kubectl get quota` prints it: the quota's hard
+/// resources (its `limits.*` ones, or the others) with what is used of each.
+fn quota_usage(quota: &Value, limits: bool) -> String {
+    let hard = quota["status"]["hard"]
+        .as_object()
+        .or_else(|| quota["spec"]["hard"].as_object());
+    let mut parts = Vec::new();
+    for (name, amount) in hard.into_iter().flatten() {
+        if name.starts_with("limits.") != limits {
+            continue;
+        }
+        let used = quota["status"]["used"][name].as_str().unwrap_or("0");
+        parts.push(format!("{name}: {used}/{}", amount.as_str().unwrap_or("0")));
+    }
+    parts.join(", ")
+}
+
 fn pod_ready(o: &Value, _: SystemTime) -> Value {
     let total = count(&o["spec"]["containers"]);
     let ready = o["status"]["containerStatuses"]
@@ -552,6 +569,23 @@ fn columns(resource: &ResourceDef) -> Vec<Column> {
             }),
             AGE,
         ],
+        ("", "resourcequotas") => vec![
+            NAME,
+            AGE,
+            column(
+                "Request",
+                0,
+                "Used and hard amounts of the quota's resources other than limits.",
+                |o, _| json!(quota_usage(o, false)),
+            ),
+            column(
+                "Limit",
+                0,
+                "Used and hard amounts of the quota's limits.",
+                |o, _| json!(quota_usage(o, true)),
+            ),
+        ],
+        ("", "limitranges") => vec![NAME, AGE],
         ("", "serviceaccounts") => vec![
             NAME,
             column(

@@ -339,6 +339,20 @@ impl Writer {
 
 #[async_trait::async_trait]
 impl ApiWriter for Writer {
+    async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        let (api, _, _) = self.api_for(api_version, kind, namespace).await?;
+        let found = api.get_opt(name).await.map_err(api_status)?;
+        found
+            .map(|o| serde_json::to_string(&o).map_err(|e| bad_object(e.to_string())))
+            .transpose()
+    }
+
     async fn create(&self, object: String) -> Result<String, Status> {
         let (object, api, key, params) = self.target(&object).await?;
         let created = api.create(&params, &object).await.map_err(api_status)?;

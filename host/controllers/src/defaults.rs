@@ -17,6 +17,7 @@ pub const BUILTIN_CONTROLLERS: &[&str] = &[
     "statefulset-controller",
     "cronjob-controller",
     "namespace-controller",
+    "resourcequota-controller",
 ];
 
 /// The limits a built-in controller gets: a reconcile may read thousands of objects (a

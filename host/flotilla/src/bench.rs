@@ -522,3 +522,63 @@ pub(crate) async fn wait_for_listener(address: &str, what: &str) -> anyhow::Resu
     }
     Ok(())
 }
+
+/// The CPUs this process may run on, in order.
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity writes at most
+    // its size.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Restricts thread `tid` (0: the calling thread) to `cpus`.
+pub(crate) fn pin_thread(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: the set is built with the libc macros and passed with its own size.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Restricts every thread of process `pid` to `cpus`. Threads it starts later inherit the
+/// affinity of the thread that starts them; the pass is made twice so a thread started
+/// during the first is caught by the second.
+pub(crate) fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    for _ in 0..2 {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
+            match pin_thread(tid, cpus) {
+                Ok(()) => {}
+                // The thread ended between the listing and the call.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot pin thread {tid}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes a child process start restricted to `cpus` (its threads and children inherit it).
+pub(crate) fn pin_child(command: &mut tokio::process::Command, cpus: Vec<usize>) {
+    // SAFETY: the closure only calls sched_setaffinity, which is async-signal-safe, and
+    // allocates nothing (the set is built from the captured vector without growing it).
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || pin_thread(0, &cpus));
+    }
+}

@@ -128,6 +128,11 @@ impl ServerProcess {
             .build()?)
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time the server process has used.
     pub(crate) fn cpu(&self) -> Duration {
         cpu_time(&self.child.id().to_string())
@@ -210,10 +215,10 @@ fn pod_template(bytes: usize) -> String {
 
 /// W1's figures for one backend.
 #[derive(Debug, Default)]
-struct CreateFigures {
-    rate: f64,
-    p50_us: u64,
-    p99_us: u64,
+pub(crate) struct CreateFigures {
+    pub(crate) rate: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
 }
 
 impl CreateFigures {
@@ -251,8 +256,20 @@ async fn api_creates(
     total: usize,
     template: &str,
 ) -> anyhow::Result<CreateFigures> {
-    let per_client = total.div_ceil(clients.max(1));
     let path = format!("/api/v1/namespaces/{namespace}/pods");
+    creates_at(server, &path, clients, total, template).await
+}
+
+/// Objects POSTed to the collection at `path` by `clients` clients (each its own connection),
+/// `total` in all; `template` is the JSON body with `__NAME__` where each one's name goes.
+pub(crate) async fn creates_at(
+    server: &ServerProcess,
+    path: &str,
+    clients: usize,
+    total: usize,
+    template: &str,
+) -> anyhow::Result<CreateFigures> {
+    let per_client = total.div_ceil(clients.max(1));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -263,7 +280,7 @@ async fn api_creates(
         tasks.push(tokio::spawn(async move {
             let mut latencies = Histogram::<u64>::new(3)?;
             for i in 0..per_client {
-                let body = template.replace("__NAME__", &format!("pod-{c:03}-{i:06}"));
+                let body = template.replace("__NAME__", &format!("obj-{c:03}-{i:06}"));
                 let t = Instant::now();
                 let response = post_json(&client, &url, &token, body).await?;
                 anyhow::ensure!(

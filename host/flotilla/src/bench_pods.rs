@@ -115,7 +115,21 @@ fn parse_wrk(report: &str) -> Option<Load> {
 
 /// Drives `url` with wrk (one thread, `connections` keep-alive connections) for `seconds`.
 pub(crate) async fn wrk(url: &str, seconds: u64, connections: u32) -> anyhow::Result<Load> {
-    let output = tokio::process::Command::new("wrk")
+    wrk_on(url, seconds, connections, None).await
+}
+
+/// [`wrk`], run on `cpus` only when given.
+pub(crate) async fn wrk_on(
+    url: &str,
+    seconds: u64,
+    connections: u32,
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<Load> {
+    let mut command = tokio::process::Command::new("wrk");
+    if let Some(cpus) = cpus {
+        bench::pin_child(&mut command, cpus.to_vec());
+    }
+    let output = command
         .args([
             "-t1",
             &format!("-c{connections}"),

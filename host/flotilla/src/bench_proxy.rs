@@ -4,7 +4,13 @@
 //! `round-robin` strategy (a pick per request), and through nginx (Debian's) configured as a
 //! reverse proxy with upstream keep-alive to the same pod. Each path is measured once per
 //! round, in turn, so drift spreads over all of them; the report takes each path's median
-//! round by throughput.
+//! round by throughput, and the WASM strategy's cost as the median of its per-round ratios
+//! to the native path measured next to it.
+//!
+//! On a machine with two or more CPUs the load generator and the system under test are kept
+//! apart: wrk runs on the first CPU, and the `flotilla up` process (proxy and pod) and nginx
+//! (one worker) on the last, so neither side steals the other's time and every path gets the
+//! same single core.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,7 @@ use kube::api::{Api, PostParams};
 
 use crate::bench;
 use crate::bench_api::ServerProcess;
-use crate::bench_pods::{Load, wrk};
+use crate::bench_pods::{Load, wrk_on};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyBenchArgs {
@@ -32,6 +38,44 @@ pub struct ProxyBenchArgs {
     /// Rounds over the four paths.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Let wrk, the cluster and nginx run on any CPU instead of pinning the load generator
+    /// and the system under test to CPUs of their own.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+/// Where the load generator and the system under test run.
+struct Placement {
+    load: Option<Vec<usize>>,
+    served: Option<Vec<usize>>,
+}
+
+impl Placement {
+    fn new(pin: bool) -> Self {
+        let cpus = bench::allowed_cpus();
+        match (cpus.first(), cpus.last()) {
+            (Some(&first), Some(&last)) if pin && first != last => Self {
+                load: Some(vec![first]),
+                served: Some(vec![last]),
+            },
+            _ => Self {
+                load: None,
+                served: None,
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (&self.load, &self.served) {
+            (Some(load), Some(served)) => format!(
+                "wrk pinned to CPU {load:?}, the flotilla process (proxy and pod) and nginx (one worker) to CPU {served:?}"
+            ),
+            _ => {
+                "unpinned: wrk, the flotilla process and nginx (a worker per core) share every CPU"
+                    .to_owned()
+            }
+        }
+    }
 }
 
 /// nginx as a reverse proxy on a free loopback port, until dropped.
@@ -41,8 +85,9 @@ struct Nginx {
 }
 
 impl Nginx {
-    /// Proxies to `upstream` (`ip:port`) with HTTP/1.1 keep-alive to it, one worker per core.
-    async fn start(dir: &Path, upstream: &str) -> anyhow::Result<Self> {
+    /// Proxies to `upstream` (`ip:port`) with HTTP/1.1 keep-alive to it: one worker on `cpus`
+    /// when given, else one worker per core.
+    async fn start(dir: &Path, upstream: &str, cpus: Option<&[usize]>) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -52,7 +97,7 @@ impl Nginx {
         std::fs::write(
             &config,
             format!(
-                "worker_processes auto;
+                "worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
@@ -70,7 +115,8 @@ http {{
     }}
 }}
 ",
-                dir = dir.display()
+                dir = dir.display(),
+                workers = if cpus.is_some() { "1" } else { "auto" },
             ),
         )?;
         let binary = if Path::new("/usr/sbin/nginx").exists() {
@@ -78,7 +124,11 @@ http {{
         } else {
             "nginx"
         };
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        if let Some(cpus) = cpus {
+            bench::pin_child(&mut command, cpus.to_vec());
+        }
+        let child = command
             .arg("-p")
             .arg(&dir)
             .arg("-e")
@@ -237,7 +287,12 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
     )?;
     let client = flotilla_client::connect(&server.kubeconfig).await?;
     let (direct, native, wasm) = deploy(&client, &hello.display().to_string()).await?;
-    let nginx = Nginx::start(&dir.join("nginx"), &direct).await?;
+    let placement = Placement::new(!args.no_pin);
+    if let Some(cpus) = &placement.served {
+        bench::pin_process(server.pid(), cpus)?;
+    }
+    let load_cpus = placement.load.as_deref();
+    let nginx = Nginx::start(&dir.join("nginx"), &direct, placement.served.as_deref()).await?;
     let paths = [
         ("direct to the pod", format!("http://{direct}/")),
         (
@@ -249,18 +304,18 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
             format!("http://{wasm}/"),
         ),
         (
-            "nginx reverse proxy (Debian nginx-light, a worker per core, upstream keep-alive)",
+            "nginx reverse proxy (Debian nginx-light, upstream keep-alive)",
             nginx.url.clone(),
         ),
     ];
     // Warm-up: connections pooled, code paths hot.
     for (_, url) in &paths {
-        wrk(url, 2, args.connections).await?;
+        wrk_on(url, 2, args.connections, load_cpus).await?;
     }
     let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); paths.len()];
     for _ in 0..args.rounds {
         for (index, (what, url)) in paths.iter().enumerate() {
-            let load = wrk(url, args.seconds, args.connections).await?;
+            let load = wrk_on(url, args.seconds, args.connections, load_cpus).await?;
             println!(
                 "{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
                 load.requests_per_second, load.p50_ms, load.p99_ms, load.errors
@@ -268,10 +323,20 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
             rounds[index].push(load);
         }
     }
+    // The WASM strategy's cost in each round, against the native path measured just before.
+    let mut costs: Vec<f64> = rounds[1]
+        .iter()
+        .zip(&rounds[2])
+        .map(|(native, wasm)| {
+            (1.0 - wasm.requests_per_second / native.requests_per_second.max(1.0)) * 100.0
+        })
+        .collect();
+    costs.sort_by(f64::total_cmp);
     let loads: Vec<Load> = rounds.into_iter().map(median).collect();
     let direct = &loads[0];
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}", bench::machine());
+    let _ = writeln!(out, "Placement: {}", placement.describe());
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -295,8 +360,10 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "WASM strategy cost: {:.1}% of the native round-robin's throughput; Flotilla native vs nginx: {:.2}x.",
-        (1.0 - loads[2].requests_per_second / loads[1].requests_per_second.max(1.0)) * 100.0,
+        "WASM strategy cost: {:.1}% of the native round-robin's throughput (median of the per-round ratios; rounds {:.1}% to {:.1}%); Flotilla native vs nginx: {:.2}x.",
+        costs[costs.len() / 2],
+        costs[0],
+        costs[costs.len() - 1],
         loads[1].requests_per_second / loads[3].requests_per_second.max(1.0)
     );
     println!("\n{out}");

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_admission;
 mod bench_api;
 mod bench_deployment;
 mod bench_pods;
@@ -54,6 +55,10 @@ struct ServeArgs {
     /// Do not run the controller manager in this process.
     #[arg(long)]
     disable_controllers: bool,
+    /// A built-in admission policy not to run (namespace-lifecycle, limit-ranger,
+    /// resource-quota, pod-security; repeatable): it is not installed, and deleted if it was.
+    #[arg(long = "disable-admission-policy", value_parser = clap::builder::PossibleValuesParser::new(flotilla_admission::builtins::BUILTIN_POLICIES))]
+    disabled_admission_policies: Vec<String>,
     /// The name of the node `up` runs (default: the host's name).
     #[arg(long)]
     node_name: Option<String>,
@@ -113,6 +118,7 @@ impl ServeArgs {
             tls_sans: self.tls_sans,
             scheduler: !self.disable_scheduler,
             controllers: !self.disable_controllers,
+            disabled_admission_policies: self.disabled_admission_policies,
             service_ranges: flotilla_apiserver::ServiceRanges::parse(
                 &self.service_cidr,
                 &self.service_node_port_range,
@@ -180,6 +186,9 @@ enum BenchCommand {
     /// Reconcile cost (W9): the built-in ReplicaSet controller in WASM next to the same crate
     /// linked natively, over one informer cache.
     Reconcile(bench_reconcile::ReconcileBenchArgs),
+    /// Admission cost (W7): one review by a WASM policy next to the same crate linked
+    /// natively, and the API's create rate with 0, 1 and 5 policies and with the built-ins.
+    Admission(bench_admission::AdmissionBenchArgs),
 }
 
 /// `--compaction-window` in seconds; 0 turns automatic compaction off.
@@ -234,6 +243,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 what: BenchCommand::Reconcile(args),
             } => bench_reconcile::reconcile(args).await,
+            Command::Bench {
+                what: BenchCommand::Admission(args),
+            } => bench_admission::admission(args).await,
         }
     })
 }

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub scheduler: bool,
     /// Run the controller manager in this process.
     pub controllers: bool,
+    /// Built-in admission policies not to run.
+    pub disabled_admission_policies: Vec<String>,
     /// Run a node agent in this process, as this node (`up`).
     pub agent: Option<flotilla_node::AgentOptions>,
     /// That node's proxy's DNS and Ingress ports.
@@ -130,7 +132,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let scheduler_token = component_token("system:kube-scheduler")?;
     let controllers_token = component_token("system:kube-controller-manager")?;
-    let admission_token = component_token("system:apiserver")?;
+    let admission_token = component_token(flotilla_admission::OWN_USER)?;
     let agent_token = match &config.agent {
         Some(node) => component_token(&format!("system:node:{}", node.node_name))?,
         None => String::new(),
@@ -170,12 +172,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("cannot make the API server's client certificate")?;
     let node_client = flotilla_apiserver::nodes::NodeClient::new(&client_cert, &client_key)
         .map_err(|e| anyhow::anyhow!(e))?;
-    let admission = flotilla_admission::Admission::new(flotilla_admission::Options::new(
-        flotilla_plugin::PluginHost::new(flotilla_plugin::EngineConfig {
-            cache_dir: Some(config.data_dir.join("plugin-cache")),
-            ..flotilla_plugin::EngineConfig::default()
-        })?,
-    ));
+    let admission = flotilla_admission::Admission::new(flotilla_admission::Options {
+        disabled_builtins: config.disabled_admission_policies.clone(),
+        ..flotilla_admission::Options::new(flotilla_plugin::PluginHost::new(
+            flotilla_plugin::EngineConfig {
+                cache_dir: Some(config.data_dir.join("plugin-cache")),
+                ..flotilla_plugin::EngineConfig::default()
+            },
+        )?)
+    });
     let options = ApiOptions {
         admission: admission.chain(),
         authenticator: Some(Arc::new(authenticator)),

@@ -2286,7 +2286,24 @@ spec:
         ),
     )
     .unwrap();
-    run(&["apply", "-f", manifest.to_str().unwrap()]);
+    // hostPath volumes are refused by the pod-security baseline unless the namespace is
+    // privileged; the policy sees the label once its cache has the namespace's update.
+    run(&[
+        "label",
+        "namespace",
+        "default",
+        "pod-security.kubernetes.io/enforce=privileged",
+    ]);
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the pods applied",
+        || {
+            let (ok, _, stderr) =
+                kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+            assert!(ok || stderr.contains("PodSecurity"), "{stderr}");
+            ok.then_some(())
+        },
+    );
 
     // A wildcard listen lands on the pod's own IP, where clients and other pods reach it.
     run(&[
@@ -6084,4 +6101,470 @@ spec:
             && denied.contains("app (elsewhere.example/app.wasm)"),
         "{denied}"
     );
+}
+
+/// A policy of the misbehaving plugin: `mode` Validating or Mutating, `extra` spec lines.
+fn misbehave_policy(name: &str, mode: &str, resource: &str, settings: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: plugins.flotilla.dev/v1alpha1
+kind: AdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  plugin: misbehave
+  mode: {mode}
+  rules:
+  - operations: [CREATE]
+    apiGroups: [\"\"]
+    apiVersions: [v1]
+    resources: [{resource}]
+  settings: {settings}
+{extra}"
+    )
+}
+
+fn wait_ready(kubeconfig: &Path, policies: &[&str]) {
+    for policy in policies {
+        eventually(
+            std::time::Duration::from_secs(60),
+            &format!("AdmissionPolicy {policy}"),
+            || {
+                kubectl(kubeconfig, &["get", "admissionpolicy", policy])
+                    .0
+                    .then_some(())
+            },
+        );
+    }
+    let mut args = vec!["wait", "--for=condition=Ready", "--timeout=60s"];
+    let named: Vec<String> = policies
+        .iter()
+        .map(|p| format!("admissionpolicy/{p}"))
+        .collect();
+    args.extend(named.iter().map(String::as_str));
+    kubectl_ok(kubeconfig, &args);
+}
+
+#[test]
+fn a_policy_swapped_while_a_review_is_in_flight_finishes_it_on_the_old_version() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let wasm = builtin_module(dir.path(), "admission-misbehave");
+    push_plugin(
+        &kubeconfig,
+        &wasm,
+        "misbehave",
+        "admission-policy",
+        Some(r#"{"version":"one"}"#),
+    );
+    kubectl_ok(
+        &kubeconfig,
+        &["create", "service", "clusterip", "signal", "--tcp=80:80"],
+    );
+    // Creates of `slow-*` ConfigMaps sleep 4 s in the plugin, after telling the Service.
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "slow.yaml",
+        &misbehave_policy(
+            "slow",
+            "Validating",
+            "configmaps",
+            "{mode: sleep, seconds: 4, prefix: slow, signal: {namespace: default, service: signal}}",
+            "  timeoutSeconds: 15\n  writes:\n  - {apiVersion: v1, kind: Service}\n",
+        ),
+    );
+    wait_ready(&kubeconfig, &["slow"]);
+    let signal = || {
+        kubectl_ok(
+            &kubeconfig,
+            &[
+                "get",
+                "service",
+                "signal",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].hostname}",
+            ],
+        )
+    };
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let in_flight = {
+        let kubeconfig = kubeconfig.clone();
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            let answer = kubectl(&kubeconfig, &["create", "configmap", "slow-a"]);
+            finished.store(true, Ordering::SeqCst);
+            answer
+        })
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the slow review to start on version one",
+        || (signal() == "reviewing-one").then_some(()),
+    );
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "patch",
+            "wasmplugin",
+            "misbehave",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"config":{"version":"two"}}}"#,
+        ],
+    );
+    // Version two answers new requests while the slow one is still in version one.
+    let mut probe = 0;
+    eventually(Duration::from_secs(30), "version two to answer", || {
+        probe += 1;
+        let (ok, _, stderr) = kubectl(
+            &kubeconfig,
+            &[
+                "create",
+                "configmap",
+                &format!("probe-{probe}"),
+                "--dry-run=server",
+            ],
+        );
+        assert!(ok, "{stderr}");
+        stderr.contains("version=two").then_some(())
+    });
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the slow review ended before the swap took effect; nothing was in flight across it"
+    );
+    let (ok, _, stderr) = in_flight.join().unwrap();
+    assert!(ok, "the in-flight request failed across the swap: {stderr}");
+    assert!(
+        stderr.contains("admission-misbehave version=one") && !stderr.contains("version=two"),
+        "the in-flight request was not finished by the version it started on: {stderr}"
+    );
+    kubectl_ok(&kubeconfig, &["get", "configmap", "slow-a"]);
+
+    // New slow requests run on version two.
+    let (ok, _, stderr) = kubectl(&kubeconfig, &["create", "configmap", "slow-b"]);
+    assert!(ok && stderr.contains("version=two"), "{stderr}");
+    assert_eq!(signal(), "reviewing-two");
+}
+
+#[test]
+fn mutating_policies_run_in_order_and_are_reinvoked_once_when_a_later_one_changed_the_object() {
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let wasm = builtin_module(dir.path(), "admission-misbehave");
+    push_plugin(&kubeconfig, &wasm, "misbehave", "admission-policy", None);
+    // m3 answers the whole changed object, the others a JSON Patch.
+    for (name, order, reinvocation, whole) in [
+        ("m1", 1, "IfNeeded", false),
+        ("m2", 2, "Never", false),
+        ("m3", 3, "Never", true),
+    ] {
+        apply_manifest(
+            &kubeconfig,
+            dir.path(),
+            &format!("{name}.yaml"),
+            &misbehave_policy(
+                name,
+                "Mutating",
+                "configmaps",
+                &format!("{{mode: stamp, as: {name}, whole: {whole}}}"),
+                &format!("  order: {order}\n  reinvocationPolicy: {reinvocation}\n"),
+            ),
+        );
+    }
+    wait_ready(&kubeconfig, &["m1", "m2", "m3"]);
+    kubectl_ok(&kubeconfig, &["create", "configmap", "stamped"]);
+    let stamps = kubectl_ok(
+        &kubeconfig,
+        &[
+            "get",
+            "configmap",
+            "stamped",
+            "-o",
+            "jsonpath={.metadata.annotations.flotilla\\.dev/stamps}",
+        ],
+    );
+    // In order, then m1 once more (IfNeeded) because m2 and m3 changed the object after it;
+    // m2 and m3 are Never reinvoked.
+    assert_eq!(stamps, "m1,m2,m3,m1");
+
+    // A dry run is admitted and mutated without side effects: nothing is stored.
+    let (ok, out, stderr) = kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "configmap",
+            "dry",
+            "--dry-run=server",
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ],
+    );
+    assert!(ok && out.contains("m1,m2,m3,m1"), "{out}{stderr}");
+    let (ok, _, _) = kubectl(&kubeconfig, &["get", "configmap", "dry"]);
+    assert!(!ok, "a dry run stored its object");
+
+    // Bindings and evictions are admitted as creates of their pod subresource.
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "guard.yaml",
+        &misbehave_policy(
+            "guard",
+            "Validating",
+            "pods/binding, pods/eviction",
+            "{mode: panic}",
+            "",
+        ),
+    );
+    wait_ready(&kubeconfig, &["guard"]);
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "idle.yaml",
+        &bare_pod("idle", "", ""),
+    );
+    for (subresource, body) in [
+        (
+            "binding",
+            r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"idle"},"target":{"kind":"Node","name":"elsewhere"}}"#,
+        ),
+        (
+            "eviction",
+            r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"idle"}}"#,
+        ),
+    ] {
+        let file = dir.path().join(format!("{subresource}.json"));
+        std::fs::write(&file, body).unwrap();
+        let (ok, _, refused) = kubectl(
+            &kubeconfig,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/default/pods/idle/{subresource}"),
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            !ok && refused.contains("admission policy \"guard\" failed"),
+            "{subresource}: {refused}"
+        );
+    }
+    let idle = pod_json(&kubeconfig, "idle");
+    assert!(
+        idle["spec"]["nodeName"].is_null(),
+        "a refused binding bound the pod: {idle}"
+    );
+}
+
+/// One object in a namespace as JSON.
+fn namespaced_json(
+    kubeconfig: &Path,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(
+        kubeconfig,
+        &["get", kind, name, "-n", namespace, "-o", "json"],
+    ))
+    .unwrap()
+}
+
+fn bare_pod(name: &str, extra_spec: &str, resources: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{extra_spec}  containers:\n  - name: app\n    image: registry.local/app.wasm\n{resources}"
+    )
+}
+
+#[test]
+fn builtin_policies_default_limits_charge_quotas_guard_namespaces_and_pod_security() {
+    use std::time::Duration;
+    let (dir, _up, kubeconfig) = cluster_for_kubectl();
+    let run = |args: &[&str]| kubectl_ok(&kubeconfig, args);
+    // A cluster starts with Kubernetes' admission plugins as built-in policies.
+    wait_ready(
+        &kubeconfig,
+        &[
+            "namespace-lifecycle",
+            "limit-ranger",
+            "resource-quota",
+            "pod-security",
+        ],
+    );
+    run(&["create", "namespace", "team"]);
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "limits.yaml",
+        "apiVersion: v1
+kind: LimitRange
+metadata: {name: defaults, namespace: team}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 200m, memory: 64Mi}
+    defaultRequest: {cpu: 100m}
+    max: {cpu: \"1\"}
+",
+    );
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "quota.yaml",
+        "apiVersion: v1
+kind: ResourceQuota
+metadata: {name: compute, namespace: team}
+spec:
+  hard: {pods: \"2\", requests.cpu: 300m, limits.memory: 512Mi}
+",
+    );
+    let used = |resource: &str| {
+        namespaced_json(&kubeconfig, "team", "resourcequota", "compute")["status"]["used"][resource]
+            .as_str()
+            .map(str::to_owned)
+    };
+    // The quota controller counts what is there before anything is charged.
+    eventually(Duration::from_secs(60), "the quota's first count", || {
+        (used("pods").as_deref() == Some("0")).then_some(())
+    });
+    let apply_pod = |name: &str, extra: &str, resources: &str, more: &[&str]| {
+        let mut args = vec!["-n", "team"];
+        args.extend_from_slice(more);
+        try_apply(
+            &kubeconfig,
+            dir.path(),
+            &format!("{name}.yaml"),
+            &bare_pod(name, extra, resources),
+            &args,
+        )
+    };
+
+    // LimitRanger: a pod without resources gets the defaults, and says so.
+    let (ok, _, stderr) = apply_pod("first", "", "", &[]);
+    assert!(ok, "{stderr}");
+    let first = namespaced_json(&kubeconfig, "team", "pod", "first");
+    assert_eq!(
+        first["spec"]["containers"][0]["resources"],
+        serde_json::json!({"limits": {"cpu": "200m", "memory": "64Mi"},
+                           "requests": {"cpu": "100m", "memory": "64Mi"}}),
+        "{first}"
+    );
+    assert!(
+        first["metadata"]["annotations"]["kubernetes.io/limit-ranger"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("LimitRanger plugin set:")),
+        "{first}"
+    );
+    // ResourceQuota: the admitted pod was charged when it was admitted.
+    assert_eq!(used("pods").as_deref(), Some("1"));
+    assert_eq!(used("requests.cpu").as_deref(), Some("100m"));
+    assert_eq!(used("limits.memory").as_deref(), Some("64Mi"));
+    // A dry run is checked but not charged.
+    let (ok, _, stderr) = apply_pod("second", "", "", &["--dry-run=server"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(used("pods").as_deref(), Some("1"));
+    // Bounds: a container over the LimitRange's max is refused.
+    let (ok, _, denied) = apply_pod("greedy", "", "    resources: {limits: {cpu: \"2\"}}\n", &[]);
+    assert!(!ok);
+    assert!(
+        denied.contains("admission policy \"limit-ranger\" denied the request")
+            && denied.contains("maximum cpu usage per Container is 1, but limit is 2"),
+        "{denied}"
+    );
+    let (ok, _, stderr) = apply_pod("second", "", "", &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(used("pods").as_deref(), Some("2"));
+    let (ok, _, denied) = apply_pod("third", "", "", &[]);
+    assert!(!ok);
+    assert!(
+        denied.contains("admission policy \"resource-quota\" denied the request")
+            && denied.contains(
+                "exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"
+            ),
+        "{denied}"
+    );
+    let quota = run(&["get", "quota", "-n", "team"]);
+    assert!(
+        quota.contains("pods: 2/2") && quota.contains("requests.cpu: 200m/300m"),
+        "{quota}"
+    );
+    // A deleted pod's usage is released by the quota controller; then the third fits.
+    run(&["delete", "pod", "first", "-n", "team"]);
+    eventually(Duration::from_secs(60), "the deleted pod's release", || {
+        (used("pods").as_deref() == Some("1")).then_some(())
+    });
+    let (ok, _, stderr) = apply_pod("third", "", "", &[]);
+    assert!(ok, "{stderr}");
+
+    // Pod security (baseline): host namespaces and hostPath are refused outside the system
+    // namespaces.
+    let (ok, _, denied) = apply_pod(
+        "host",
+        "  hostNetwork: true\n  volumes:\n  - name: data\n    hostPath: {path: /var/lib/data}\n",
+        "",
+        &["--dry-run=server"],
+    );
+    assert!(!ok);
+    assert!(
+        denied.contains("violates PodSecurity \"baseline:latest\"")
+            && denied.contains("hostNetwork=true")
+            && denied.contains("hostPath volumes"),
+        "{denied}"
+    );
+    let (ok, _, stderr) = try_apply(
+        &kubeconfig,
+        dir.path(),
+        "system-host.yaml",
+        &bare_pod("host", "  hostNetwork: true\n", ""),
+        &["-n", "kube-system", "--dry-run=server"],
+    );
+    assert!(ok, "the system namespaces are exempt: {stderr}");
+
+    // NamespaceLifecycle: the cluster's namespaces cannot be deleted, and a terminating
+    // namespace takes nothing new.
+    let (ok, _, denied) = kubectl(&kubeconfig, &["delete", "namespace", "kube-public"]);
+    assert!(!ok && denied.contains("may not be deleted"), "{denied}");
+    run(&["create", "namespace", "doomed"]);
+    apply_manifest(
+        &kubeconfig,
+        dir.path(),
+        "held.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: doomed, finalizers: [example.com/hold]}\n",
+    );
+    run(&["delete", "namespace", "doomed", "--wait=false"]);
+    // The policy reads the namespace from the shared cache, which sees the deletion a moment
+    // after it is made.
+    let mut attempt = 0;
+    eventually(
+        Duration::from_secs(30),
+        "a refused create in doomed",
+        || {
+            attempt += 1;
+            let late = format!("late-{attempt}");
+            let (ok, _, denied) =
+                kubectl(&kubeconfig, &["create", "configmap", &late, "-n", "doomed"]);
+            if ok {
+                return None;
+            }
+            assert!(
+                denied.contains("admission policy \"namespace-lifecycle\" denied the request")
+                    && denied.contains("because it is being terminated"),
+                "{denied}"
+            );
+            Some(())
+        },
+    );
+    run(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "doomed",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
 }

@@ -106,6 +106,18 @@ pub trait ApiWriter: Send + Sync {
         let _ = (object, subresource);
         Err(not_served("api.update-subresource"))
     }
+
+    /// Reads one object from the API server, not the cache (`api.get`).
+    async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        let _ = (api_version, kind, namespace, name);
+        Err(not_served("api.get"))
+    }
 }
 
 /// What a reader or writer answers for a call it does not implement.
@@ -390,6 +402,29 @@ impl cache::Host for HostState {
 }
 
 impl api::Host for HostState {
+    async fn get(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: Option<String>,
+        name: String,
+    ) -> wasmtime::Result<Result<Option<String>, Status>> {
+        let Some(api) = self.services.api.clone() else {
+            return Ok(Err(forbidden("API reads")));
+        };
+        let result = self
+            .bounded(
+                "api.get",
+                api.get(&api_version, &kind, namespace.as_deref(), &name),
+            )
+            .await?;
+        self.charge(match &result {
+            Ok(found) => found.as_ref().map_or(0, String::len),
+            Err(status) => status.message.len(),
+        })?;
+        Ok(result)
+    }
+
     async fn create(&mut self, object: String) -> wasmtime::Result<Result<String, Status>> {
         let Some(api) = self.services.api.clone() else {
             return Ok(Err(forbidden("API writes")));

@@ -58,7 +58,7 @@ impl World {
         match self {
             World::SchedulerPolicy => &["types", "log", "clock", "config", "scheduling"],
             World::Controller => &["types", "log", "clock", "config", "cache", "api"],
-            World::AdmissionPolicy => &["types", "log", "clock", "config", "cache"],
+            World::AdmissionPolicy => &["types", "log", "clock", "config", "cache", "api"],
             World::ProxyStrategy => &[
                 "types",
                 "log",

@@ -66,7 +66,7 @@ impl Registry {
         kinds! {
             "" "v1": core::v1::Namespace, core::v1::Node, core::v1::Pod, core::v1::Service,
                 core::v1::Endpoints, core::v1::ConfigMap, core::v1::Secret, core::v1::Event,
-                core::v1::ServiceAccount;
+                core::v1::ServiceAccount, core::v1::LimitRange, core::v1::ResourceQuota;
             "apps" "v1": apps::v1::Deployment, apps::v1::ReplicaSet, apps::v1::StatefulSet,
                 apps::v1::DaemonSet, apps::v1::ControllerRevision;
             "batch" "v1": batch::v1::Job, batch::v1::CronJob;

@@ -1,6 +1,12 @@
 //! Kubernetes resource quantities (`100m`, `1.5Gi`, `2e3`, `128974848`), as `resource.Quantity`
 //! parses them: a signed decimal number, then a binary suffix (`Ki` … `Ei`), a decimal suffix
-//! (`n`, `u`, `m`, `k`, `M`, `G`, `T`, `P`, `E`) or a decimal exponent (`e3`, `E-2`).
+//! (`n`, `u`, `m`, `k`, `M`, `G`, `T`, `P`, `E`) or a decimal exponent (`e3`, `E-2`). Values are
+//! exact (billionths of a unit), add and subtract without rounding, and print in a canonical
+//! form that parses back to the same value.
+//!
+//! This crate owns only the number: it has no dependencies and does no IO, so the host and the
+//! guest components (LimitRanger, ResourceQuota) share one reading of every quantity. What a
+//! quantity means for a resource (cpu, memory, counts) belongs to its users.
 
 /// A parsed quantity, exactly, in billionths of a unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,6 +23,89 @@ impl Quantity {
     /// The value in thousandths, rounded up (`milliValue()`: cpu in millicores).
     pub fn milli_value(self) -> i64 {
         ceil_div(self.0, NANO / 1000)
+    }
+}
+
+impl Quantity {
+    pub const ZERO: Quantity = Quantity(0);
+
+    /// `count` whole units.
+    pub fn from_value(count: i64) -> Self {
+        Self(i128::from(count) * NANO)
+    }
+
+    /// `millis` thousandths of a unit.
+    pub fn from_milli(millis: i64) -> Self {
+        Self(i128::from(millis) * (NANO / 1000))
+    }
+
+    /// The exact value in billionths of a unit.
+    pub fn nanos(self) -> i128 {
+        self.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::Add for Quantity {
+    type Output = Quantity;
+    fn add(self, other: Quantity) -> Quantity {
+        Quantity(self.0.saturating_add(other.0))
+    }
+}
+
+impl std::ops::AddAssign for Quantity {
+    fn add_assign(&mut self, other: Quantity) {
+        *self = *self + other;
+    }
+}
+
+impl std::ops::Sub for Quantity {
+    type Output = Quantity;
+    fn sub(self, other: Quantity) -> Quantity {
+        Quantity(self.0.saturating_sub(other.0))
+    }
+}
+
+impl std::iter::Sum for Quantity {
+    fn sum<I: Iterator<Item = Quantity>>(iter: I) -> Quantity {
+        iter.fold(Quantity::ZERO, |a, b| a + b)
+    }
+}
+
+/// The canonical form: whole units as a plain integer, or with the largest binary suffix that
+/// divides them exactly (`128Mi`); fractions in the largest of `m`, `u`, `n` that holds them
+/// exactly (`1500m`).
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.0;
+        if value == 0 {
+            return f.write_str("0");
+        }
+        if value % NANO == 0 {
+            let units = value / NANO;
+            for (suffix, shift) in [
+                ("Ei", 60),
+                ("Pi", 50),
+                ("Ti", 40),
+                ("Gi", 30),
+                ("Mi", 20),
+                ("Ki", 10),
+            ] {
+                if units % (1i128 << shift) == 0 {
+                    return write!(f, "{}{suffix}", units >> shift);
+                }
+            }
+            return write!(f, "{units}");
+        }
+        for (suffix, per) in [("m", NANO / 1000), ("u", NANO / 1_000_000)] {
+            if value % per == 0 {
+                return write!(f, "{}{suffix}", value / per);
+            }
+        }
+        write!(f, "{value}n")
     }
 }
 
@@ -122,6 +211,24 @@ mod tests {
         assert_eq!(parse("-2").unwrap().value(), -2);
         assert_eq!(parse("1E").unwrap().value(), 1_000_000_000_000_000_000);
         assert_eq!(parse("1e-3").unwrap().milli_value(), 1);
+    }
+
+    #[test]
+    fn sums_print_canonically_and_parse_back() {
+        let sum: Quantity = ["100m", "1.4", "0"].iter().map(|q| parse(q).unwrap()).sum();
+        assert_eq!(sum.to_string(), "1500m");
+        assert_eq!(
+            (parse("64Mi").unwrap() + parse("64Mi").unwrap()).to_string(),
+            "128Mi"
+        );
+        assert_eq!(parse("1G").unwrap().to_string(), "1000000000");
+        assert_eq!(parse("2000m").unwrap().to_string(), "2");
+        assert_eq!(parse("250u").unwrap().to_string(), "250u");
+        assert_eq!((Quantity::ZERO - parse("1").unwrap()).to_string(), "-1");
+        for text in ["1500m", "128Mi", "3", "7n", "-250m"] {
+            let q = parse(text).unwrap();
+            assert_eq!(parse(&q.to_string()).unwrap(), q, "{text}");
+        }
     }
 
     #[test]
