@@ -699,28 +699,6 @@ pub fn decide(
     finish(response, warnings)
 }
 
-/// The LimitRanges of `namespace` from the host's cache.
-fn cached_limit_ranges(namespace: &str) -> Result<Vec<Value>, String> {
-    let texts = flotilla_sdk::cache::list("v1", "LimitRange", Some(namespace), "")
-        .map_err(|s| s.message)?;
-    texts
-        .iter()
-        .map(|t| serde_json::from_str(t).map_err(|e| format!("the cache's LimitRange: {e}")))
-        .collect()
-}
-
-fn no_settings(settings: &str) -> Result<(), String> {
-    let trimmed = settings.trim();
-    if trimmed.is_empty() {
-        return Ok(());
-    }
-    match serde_json::from_str::<Value>(trimmed) {
-        Ok(Value::Object(map)) if map.is_empty() => Ok(()),
-        Ok(Value::Null) => Ok(()),
-        _ => Err(format!("limit-ranger takes no settings, not {trimmed}")),
-    }
-}
-
 impl AdmissionPolicy for LimitRanger {
     const NAME: &'static str = "limit-ranger";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -730,11 +708,13 @@ impl AdmissionPolicy for LimitRanger {
     }
 
     fn validate_settings(&self, settings: &str) -> Result<(), String> {
-        no_settings(settings)
+        admission_common::no_settings(Self::NAME, settings)
     }
 
     fn review(&mut self, request: Request) -> Response {
-        decide(&request, cached_limit_ranges)
+        decide(&request, |namespace| {
+            admission_common::cached_in("v1", "LimitRange", namespace)
+        })
     }
 }
 

@@ -41,42 +41,10 @@ impl Default for Settings {
 
 /// Reads settings: a JSON object whose optional `protectedNamespaces` lists non-empty names.
 pub fn settings(text: &str) -> Result<Settings, String> {
-    if text.trim().is_empty() {
-        return Ok(Settings::default());
-    }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("settings are not JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err(format!("settings must be a JSON object, not {value}"));
-    };
-    let mut unknown: Vec<&str> = map
-        .keys()
-        .map(String::as_str)
-        .filter(|key| *key != "protectedNamespaces")
-        .collect();
-    unknown.sort_unstable();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "unknown settings {} (the only setting is \"protectedNamespaces\")",
-            unknown.join(", ")
-        ));
-    }
+    let map = admission_common::settings_object(text, &["protectedNamespaces"])?;
     let mut settings = Settings::default();
-    if let Some(list) = map.get("protectedNamespaces") {
-        let names = list
-            .as_array()
-            .ok_or_else(|| format!("protectedNamespaces must be a list of names, not {list}"))?;
-        settings.protected_namespaces = names
-            .iter()
-            .map(|name| {
-                name.as_str()
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        format!("protectedNamespaces must hold non-empty strings, not {name}")
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+    if map.contains_key("protectedNamespaces") {
+        settings.protected_namespaces = admission_common::names(&map, "protectedNamespaces")?;
     }
     Ok(settings)
 }
@@ -137,13 +105,6 @@ pub fn decide(
     }
 }
 
-/// The Namespace `name` from the host's cache.
-fn cached_namespace(name: &str) -> Result<Option<Value>, String> {
-    let text = flotilla_sdk::cache::get("v1", "Namespace", None, name).map_err(|s| s.message)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| format!("the cache's Namespace: {e}")))
-        .transpose()
-}
-
 impl AdmissionPolicy for NamespaceLifecycle {
     const NAME: &'static str = "namespace-lifecycle";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -158,7 +119,7 @@ impl AdmissionPolicy for NamespaceLifecycle {
 
     fn review(&mut self, request: Request) -> Response {
         match settings(&request.settings) {
-            Ok(settings) => decide(&request, &settings, cached_namespace),
+            Ok(settings) => decide(&request, &settings, admission_common::cached_namespace),
             Err(error) => Response::deny(format!("invalid settings: {error}")),
         }
     }

@@ -37,49 +37,13 @@ pub struct Settings {
     pub host_path_namespaces: Vec<String>,
 }
 
-fn names(map: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<String>, String> {
-    let Some(list) = map.get(key) else {
-        return Ok(Vec::new());
-    };
-    let list = list
-        .as_array()
-        .ok_or_else(|| format!("{key} must be a list of namespace names, not {list}"))?;
-    list.iter()
-        .map(|name| {
-            name.as_str()
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{key} must hold non-empty strings, not {name}"))
-        })
-        .collect()
-}
-
 /// Reads settings: a JSON object with optional `exemptNamespaces` and `hostPathNamespaces`.
 pub fn settings(text: &str) -> Result<Settings, String> {
     const KEYS: [&str; 2] = ["exemptNamespaces", "hostPathNamespaces"];
-    if text.trim().is_empty() {
-        return Ok(Settings::default());
-    }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("settings are not JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err(format!("settings must be a JSON object, not {value}"));
-    };
-    let mut unknown: Vec<&str> = map
-        .keys()
-        .map(String::as_str)
-        .filter(|key| !KEYS.contains(key))
-        .collect();
-    unknown.sort_unstable();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "unknown settings {} (the settings are \"exemptNamespaces\" and \"hostPathNamespaces\")",
-            unknown.join(", ")
-        ));
-    }
+    let map = admission_common::settings_object(text, &KEYS)?;
     Ok(Settings {
-        exempt_namespaces: names(&map, KEYS[0])?,
-        host_path_namespaces: names(&map, KEYS[1])?,
+        exempt_namespaces: admission_common::names(&map, KEYS[0])?,
+        host_path_namespaces: admission_common::names(&map, KEYS[1])?,
     })
 }
 
@@ -606,13 +570,6 @@ pub fn decide(
     }
 }
 
-/// The Namespace `name` from the host's cache.
-fn cached_namespace(name: &str) -> Result<Option<Value>, String> {
-    let text = flotilla_sdk::cache::get("v1", "Namespace", None, name).map_err(|s| s.message)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| format!("the cache's Namespace: {e}")))
-        .transpose()
-}
-
 impl AdmissionPolicy for PodSecurity {
     const NAME: &'static str = "pod-security";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -627,7 +584,7 @@ impl AdmissionPolicy for PodSecurity {
 
     fn review(&mut self, request: Request) -> Response {
         match settings(&request.settings) {
-            Ok(settings) => decide(&request, &settings, cached_namespace),
+            Ok(settings) => decide(&request, &settings, admission_common::cached_namespace),
             Err(error) => Response::deny(format!("invalid settings: {error}")),
         }
     }

@@ -41,15 +41,6 @@ pub const ATTEMPTS: usize = 10;
 #[derive(Debug)]
 pub struct ResourceQuota;
 
-fn check_settings(settings: &str) -> Result<(), String> {
-    match serde_json::from_str::<Value>(settings) {
-        Ok(Value::Object(map)) if map.is_empty() => Ok(()),
-        Ok(Value::Null) => Ok(()),
-        Ok(_) => Err("resource-quota takes no settings: spec.settings must be {}".into()),
-        Err(e) => Err(format!("settings are not JSON: {e}")),
-    }
-}
-
 fn deny(code: u16, reason: &str, message: String) -> Response {
     Response {
         allowed: false,
@@ -236,24 +227,14 @@ pub fn review(request: &Request) -> Response {
         .as_deref()
         .and_then(|o| serde_json::from_str(o).ok())
         .unwrap_or(Value::Null);
-    let listed = match cache_list("v1", "ResourceQuota", Some(namespace), "") {
-        Ok(listed) => listed,
-        Err(status) => {
+    let mut quotas = match admission_common::cached_in("v1", "ResourceQuota", namespace) {
+        Ok(quotas) => quotas,
+        Err(error) => {
             return internal(format!(
-                "cannot list the quotas of namespace {namespace}: {}",
-                status.message
+                "cannot list the quotas of namespace {namespace}: {error}"
             ));
         }
     };
-    let mut quotas = Vec::with_capacity(listed.len());
-    for text in &listed {
-        match serde_json::from_str::<Value>(text) {
-            Ok(quota) => quotas.push(quota),
-            Err(e) => {
-                return internal(format!("a quota of namespace {namespace} is not JSON: {e}"));
-            }
-        }
-    }
     if quotas.is_empty() {
         return Response::allow();
     }
@@ -287,7 +268,7 @@ impl AdmissionPolicy for ResourceQuota {
     }
 
     fn validate_settings(&self, settings: &str) -> Result<(), String> {
-        check_settings(settings)
+        admission_common::no_settings(Self::NAME, settings)
     }
 
     fn review(&mut self, request: Request) -> Response {
