@@ -3,15 +3,20 @@
 //! node's service proxy with the native round-robin, through it with the built-in WASM
 //! `round-robin` strategy (a pick per request), and through nginx (Debian's) configured as a
 //! reverse proxy with upstream keep-alive to the same pod. Each path is measured once per
-//! round, in turn, so drift spreads over all of them; the report takes each path's median
-//! round by throughput, and the WASM strategy's cost as the median of its per-round ratios
-//! to the native path measured next to it.
+//! round, in turn (every other round in reverse order), so drift spreads over all of them;
+//! the report takes each path's median round by throughput, and the WASM strategy's cost as
+//! the median of its per-round ratios to the native path measured next to it, in throughput
+//! and in the server process's CPU time per request.
 //!
 //! On a machine with two or more CPUs the load generator and the system under test are kept
 //! apart: wrk runs on the first CPU, and the `flotilla up` process (proxy and pod) and nginx
 //! (one worker) on the last, so neither side steals the other's time and every path gets the
-//! same single core. Last, with the cluster gone, the bench times the WASM strategy's pick
-//! alone in this process, so its own cost can be told from the machine's noise.
+//! same single core. After the rounds come short back-to-back pairs of the native and the WASM
+//! path in alternating order: the machine's drift moves a path by up to 15% between rounds,
+//! far more than the strategy costs, and within a pair of short runs it mostly cancels, so the
+//! median pair gives the strategy's cost. Last, with the cluster gone, the bench times the
+//! WASM strategy's pick alone in this process, so its own cost can be told from the machine's
+//! noise.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +44,13 @@ pub struct ProxyBenchArgs {
     /// Rounds over the four paths.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Short back-to-back runs of the native and the WASM path, after the rounds, for the
+    /// strategy's cost (0: none).
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+    /// Seconds of load on each path of a pair.
+    #[arg(long, default_value_t = 3)]
+    pair_seconds: u64,
     /// Let wrk, the cluster and nginx run on any CPU instead of pinning the load generator
     /// and the system under test to CPUs of their own.
     #[arg(long)]
@@ -388,17 +400,63 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
         wrk_on(url, 2, args.connections, load_cpus).await?;
     }
     let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); paths.len()];
-    for _ in 0..args.rounds {
-        for (index, (what, url)) in paths.iter().enumerate() {
+    // The server process's CPU time per request on each path in each round (the proxy and the
+    // pod; nginx's own time is not in it).
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..args.rounds {
+        // Every other round runs the paths in reverse, so no path always follows the same one.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..paths.len()).collect()
+        } else {
+            (0..paths.len()).rev().collect()
+        };
+        for index in order {
+            let (what, url) = &paths[index];
+            let before = server.cpu();
             let load = wrk_on(url, args.seconds, args.connections, load_cpus).await?;
+            let used = server.cpu().saturating_sub(before);
+            let requests = load.requests_per_second * args.seconds as f64;
+            let per_request = used.as_secs_f64() * 1e6 / requests.max(1.0);
             println!(
-                "{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                "{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, server CPU {per_request:.0} µs a request",
                 load.requests_per_second, load.p50_ms, load.p99_ms, load.errors
             );
             rounds[index].push(load);
+            cpu[index].push(per_request);
         }
     }
-    // The WASM strategy's cost in each round, against the native path measured just before.
+    // Pairs: the native and the WASM path back to back, in alternating order, each pair short
+    // enough that the machine's drift (which moves a path by up to 15% between rounds) stays
+    // out of its ratio.
+    let mut paired: Vec<f64> = Vec::new();
+    let mut paired_cpu: Vec<f64> = Vec::new();
+    for pair in 0..args.pairs {
+        let order = if pair % 2 == 0 { [1, 2] } else { [2, 1] };
+        let mut figures = [(0.0, 0.0); 3];
+        for index in order {
+            let before = server.cpu();
+            let load = wrk_on(
+                &paths[index].1,
+                args.pair_seconds,
+                args.connections,
+                load_cpus,
+            )
+            .await?;
+            let used = server.cpu().saturating_sub(before);
+            let requests = load.requests_per_second * args.pair_seconds as f64;
+            figures[index] = (
+                load.requests_per_second,
+                used.as_secs_f64() * 1e6 / requests.max(1.0),
+            );
+        }
+        let ((native, native_cpu), (wasm, wasm_cpu)) = (figures[1], figures[2]);
+        paired.push((1.0 - wasm / native.max(1.0)) * 100.0);
+        paired_cpu.push((wasm_cpu / native_cpu.max(1.0) - 1.0) * 100.0);
+    }
+    paired.sort_by(f64::total_cmp);
+    paired_cpu.sort_by(f64::total_cmp);
+    // The WASM strategy's cost in each round, against the native path measured next to it:
+    // in throughput, and in the server's CPU time per request.
     let mut costs: Vec<f64> = rounds[1]
         .iter()
         .zip(&rounds[2])
@@ -407,25 +465,48 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     costs.sort_by(f64::total_cmp);
+    let mut cpu_costs: Vec<f64> = cpu[1]
+        .iter()
+        .zip(&cpu[2])
+        .map(|(native, wasm)| (wasm / native.max(1.0) - 1.0) * 100.0)
+        .collect();
+    cpu_costs.sort_by(f64::total_cmp);
+    let cpu_medians: Vec<f64> = cpu
+        .into_iter()
+        .map(|mut rounds| {
+            rounds.sort_by(f64::total_cmp);
+            rounds[rounds.len() / 2]
+        })
+        .collect();
     let loads: Vec<Load> = rounds.into_iter().map(median).collect();
     let direct = &loads[0];
     drop(nginx);
     drop(server);
     let [(l7_p50, l7_p99), (l4_p50, l4_p99)] = pick_cost(100_000).await?;
+    let quartiles = |sorted: &[f64]| {
+        let at = |q: usize| sorted[(sorted.len() - 1) * q / 4];
+        (at(2), at(1), at(3))
+    };
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}", bench::machine());
     let _ = writeln!(out, "Placement: {}", placement.describe());
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| W6: hello-http pod, wrk -t1 -c{} for {} s, keep-alive; median of {} rounds | req/s | vs direct | p50 | p99 | added p50 | added p99 | errors |",
+        "| W6: hello-http pod, wrk -t1 -c{} for {} s, keep-alive; median of {} rounds | req/s | vs direct | p50 | p99 | added p50 | added p99 | errors | server CPU a request |",
         args.connections, args.seconds, args.rounds
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for ((what, _), load) in paths.iter().zip(&loads) {
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for (index, ((what, _), load)) in paths.iter().zip(&loads).enumerate() {
+        // nginx runs outside the server process: its path's figure would leave nginx out.
+        let server_cpu = if index == 3 {
+            "—".to_owned()
+        } else {
+            format!("{:.0} µs", cpu_medians[index])
+        };
         let _ = writeln!(
             out,
-            "| {what} | {:.0} | {:.2}x | {:.3} ms | {:.3} ms | {:+.0} µs | {:+.0} µs | {} |",
+            "| {what} | {:.0} | {:.2}x | {:.3} ms | {:.3} ms | {:+.0} µs | {:+.0} µs | {} | {server_cpu} |",
             load.requests_per_second,
             load.requests_per_second / direct.requests_per_second.max(1.0),
             load.p50_ms,
@@ -444,6 +525,22 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
         costs[costs.len() - 1],
         loads[1].requests_per_second / loads[3].requests_per_second.max(1.0)
     );
+    let _ = writeln!(
+        out,
+        "WASM strategy cost in the server's CPU time a request: {:+.1}% (median of the per-round ratios; rounds {:+.1}% to {:+.1}%).",
+        cpu_costs[cpu_costs.len() / 2],
+        cpu_costs[0],
+        cpu_costs[cpu_costs.len() - 1]
+    );
+    if !paired.is_empty() {
+        let (median, low, high) = quartiles(&paired);
+        let (cpu_median, cpu_low, cpu_high) = quartiles(&paired_cpu);
+        let _ = writeln!(
+            out,
+            "WASM strategy cost over {} back-to-back pairs of {} s (alternating order): {median:.1}% of the native path's throughput (median; quartiles {low:.1}% to {high:.1}%), {cpu_median:+.1}% server CPU a request (quartiles {cpu_low:+.1}% to {cpu_high:+.1}%).",
+            args.pairs, args.pair_seconds
+        );
+    }
     let _ = writeln!(
         out,
         "One WASM round-robin pick in process (100,000 each): L7 request p50 {:.2} µs, p99 {:.2} µs; L4 connection p50 {:.2} µs, p99 {:.2} µs.",

@@ -95,6 +95,23 @@ impl Backend {
 /// started with.
 pub type Strategy = Swap<Mutex<ProxyStrategy>>;
 
+/// Who a connection comes from: its address, and its IP as strategies read it, rendered once
+/// per connection rather than once per pick.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub addr: SocketAddr,
+    ip: String,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            ip: addr.ip().to_string(),
+        }
+    }
+}
+
 /// An HTTP request as a strategy sees it.
 #[derive(Debug)]
 pub struct HttpView<'a> {
@@ -113,12 +130,12 @@ impl HttpView<'_> {
             .or_else(|| self.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
         HttpRequest {
-            method: self.method.to_string(),
+            method: self.method.as_str().to_owned(),
             authority,
-            path: self
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.to_string()),
+            path: match self.uri.path_and_query().map(|p| p.as_str()) {
+                Some(path) if !path.is_empty() => path.to_owned(),
+                _ => "/".to_owned(),
+            },
             headers: self
                 .headers
                 .iter()
@@ -204,7 +221,7 @@ impl Shared {
     pub async fn pick(
         &self,
         backend: &Backend,
-        client: SocketAddr,
+        client: &Client,
         http: Option<&HttpView<'_>>,
         exclude: &[u32],
     ) -> Option<Arc<Endpoint>> {
@@ -236,7 +253,7 @@ impl Shared {
         &self,
         name: &str,
         backend: &Backend,
-        client: SocketAddr,
+        client: &Client,
         http: Option<&HttpView<'_>>,
         exclude: &[u32],
     ) -> Result<Option<u32>, ()> {
@@ -245,8 +262,8 @@ impl Shared {
         };
         let request = PickRequest {
             service: backend.key.clone(),
-            client_ip: client.ip().to_string(),
-            client_port: client.port(),
+            client_ip: client.ip.clone(),
+            client_port: client.addr.port(),
             http: http.map(HttpView::record),
             exclude: exclude.to_vec(),
         };
@@ -314,6 +331,52 @@ mod tests {
         assert_eq!(ids, [1, 2, 3, 1, 2, 3]);
         assert_eq!(backend.round_robin(&[1, 2]).unwrap().id, 3);
         assert!(backend.round_robin(&[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn a_strategy_sees_the_request_line_the_host_and_the_headers() {
+        let request = hyper::Request::post("http://fallback.example/cart/items?id=7")
+            .header("host", "shop.example:8080")
+            .header("x-canary", "yes")
+            .body(())
+            .unwrap();
+        let view = HttpView {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+        };
+        let seen = view.record();
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.authority, "shop.example:8080", "the Host header wins");
+        assert_eq!(
+            seen.path, "/cart/items?id=7",
+            "the query is part of the path"
+        );
+        assert!(seen.headers.contains(&("x-canary".into(), "yes".into())));
+
+        // Without a Host header the URI's authority stands in; an origin-form URI's path is
+        // `/` at least.
+        let bare = hyper::Request::get("http://fallback.example")
+            .body(())
+            .unwrap();
+        let view = HttpView {
+            method: bare.method(),
+            uri: bare.uri(),
+            headers: bare.headers(),
+        };
+        let seen = view.record();
+        assert_eq!(seen.authority, "fallback.example");
+        assert_eq!(seen.path, "/");
+        assert!(seen.headers.is_empty());
+    }
+
+    #[test]
+    fn a_client_is_rendered_once_as_strategies_read_it() {
+        let client = Client::new("10.1.2.3:45678".parse().unwrap());
+        assert_eq!(client.ip, "10.1.2.3");
+        assert_eq!(client.addr.port(), 45678);
+        let v6 = Client::new("[fd00::1]:80".parse().unwrap());
+        assert_eq!(v6.ip, "fd00::1");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::{Active, Backend, Endpoint, HttpView, Shared};
+use crate::balance::{Active, Backend, Client, Endpoint, HttpView, Shared};
 use crate::pool::{Loan, ProxyBody};
 
 /// How long a connect to an endpoint may take before another is tried.
@@ -112,7 +112,7 @@ where
 async fn connect(
     shared: &Shared,
     backend: &Backend,
-    client: SocketAddr,
+    client: &Client,
     http: Option<&HttpView<'_>>,
     exclude: &mut Vec<u32>,
 ) -> Option<(Arc<Endpoint>, TcpStream)> {
@@ -129,7 +129,9 @@ async fn connect(
 /// L4: one connection to one endpoint, bytes copied both ways until either side closes.
 async fn splice(mut inbound: TcpStream, client: SocketAddr, backend: &Backend, shared: &Shared) {
     let mut exclude = Vec::new();
-    let Some((endpoint, mut outbound)) = connect(shared, backend, client, None, &mut exclude).await
+    let client = Client::new(client);
+    let Some((endpoint, mut outbound)) =
+        connect(shared, backend, &client, None, &mut exclude).await
     else {
         shared.stats.unrouted.fetch_add(1, Ordering::Relaxed);
         return;
@@ -145,8 +147,9 @@ async fn serve_http(
     frontend: SocketAddr,
     shared: Arc<Shared>,
 ) {
+    let client = Arc::new(Client::new(client));
     serve_http1(stream, move |request| {
-        route(request, client, frontend, shared.clone())
+        route(request, client.clone(), frontend, shared.clone())
     })
     .await;
 }
@@ -193,7 +196,7 @@ pub(crate) fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
 /// Routes one request to an endpoint of the frontend's current backend.
 async fn route(
     mut request: Request<Incoming>,
-    client: SocketAddr,
+    client: Arc<Client>,
     frontend: SocketAddr,
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
@@ -205,14 +208,14 @@ async fn route(
         );
     };
     strip_hop_by_hop(request.headers_mut());
-    forward(request, client, &backend, &shared).await
+    forward(request, &client, &backend, &shared).await
 }
 
 /// Sends a request to an endpoint the backend's strategy picks, over an idle pooled connection
 /// or a new one.
 pub async fn forward(
     mut request: Request<Incoming>,
-    client: SocketAddr,
+    client: &Client,
     backend: &Backend,
     shared: &Arc<Shared>,
 ) -> Response<ProxyBody> {

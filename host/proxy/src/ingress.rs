@@ -4,7 +4,6 @@
 //! backend; HTTPS certificates come from `kubernetes.io/tls` Secrets, chosen by SNI.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use hyper::{Request, Response, StatusCode};
@@ -17,7 +16,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::{Backend, Shared};
+use crate::balance::{Backend, Client, Shared};
 use crate::pool::ProxyBody;
 
 /// The IngressClass Flotilla's proxies serve.
@@ -346,7 +345,7 @@ impl ResolvesServerCert for Certificates {
 
 async fn route(
     request: Request<hyper::body::Incoming>,
-    client: SocketAddr,
+    client: Arc<Client>,
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     shared
@@ -367,7 +366,7 @@ async fn route(
     };
     let routes = shared.ingress.current();
     match routes.route(&host, request.uri().path()) {
-        Route::To(backend) => crate::forward::forward(request, client, &backend, &shared).await,
+        Route::To(backend) => crate::forward::forward(request, &client, &backend, &shared).await,
         Route::Missing(service) => crate::forward::local(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the service {service} (or its port) does not exist\n"),
@@ -395,7 +394,8 @@ pub fn serve(listener: TcpListener, tls: bool, shared: Arc<Shared>, stop: Cancel
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         async move {
-            let handle = move |request| route(request, client, shared.clone());
+            let client = Arc::new(Client::new(client));
+            let handle = move |request| route(request, client.clone(), shared.clone());
             match acceptor {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(stream).await {
