@@ -33,6 +33,7 @@ const TESTING_GUESTS: &[&str] = &[
     "blocking",
     "zone-spread",
     "released-controller",
+    "released-strategy",
 ];
 
 /// The built-in controllers, in `plugins/controllers`.

@@ -130,7 +130,7 @@ pub(crate) mod convert {
 }
 
 /// The version of the `flotilla:plugin` WIT package this SDK builds against.
-pub const WIT_VERSION: &str = "0.1.2";
+pub const WIT_VERSION: &str = "0.1.3";
 
 /// Implements a kind's `Singleton` for an exported type: the one policy value of the component,
 /// made on first use from the plugin's configuration. The export macros expand to it.

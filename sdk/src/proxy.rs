@@ -74,6 +74,10 @@ pub struct PickRequest {
 pub trait ProxyStrategy: Sized + 'static {
     const NAME: &'static str;
     const VERSION: &'static str;
+    /// Whether [`pick`](Self::pick) reads [`PickRequest::http`]. A strategy that routes without
+    /// the HTTP request sets it false: the proxy then leaves it out (`None` at L7 as at L4) and
+    /// spares every request copying its method, authority, path and headers into the instance.
+    const READS_HTTP: bool = true;
 
     /// Builds the strategy from the plugin's configuration (JSON). An error fails its
     /// self-check.
@@ -136,7 +140,9 @@ pub use adapter::Adapter;
 #[cfg(all(target_arch = "wasm32", feature = "proxy"))]
 mod adapter {
     use super::*;
-    use crate::__bindings::proxy::exports::flotilla::plugin::{meta, strategy as wit};
+    use crate::__bindings::proxy::exports::flotilla::plugin::{
+        meta, strategy as wit, strategy_inputs,
+    };
     use crate::imports::balancing;
 
     #[doc(hidden)]
@@ -195,6 +201,12 @@ mod adapter {
 
         fn self_check() -> Result<(), String> {
             S::with(|strategy| strategy.as_ref().map(|_| ()).map_err(Clone::clone))
+        }
+    }
+
+    impl<S: Singleton> strategy_inputs::Guest for Adapter<S> {
+        fn reads_http() -> bool {
+            S::READS_HTTP
         }
     }
 

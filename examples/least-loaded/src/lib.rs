@@ -36,6 +36,8 @@ pub struct LeastLoaded {
 impl ProxyStrategy for LeastLoaded {
     const NAME: &'static str = "least-loaded";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    // It routes on load alone: the proxy need not send it the HTTP request.
+    const READS_HTTP: bool = false;
 
     fn new(_config: &str) -> Result<Self, String> {
         Ok(Self::default())

@@ -20,7 +20,9 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub use exports::flotilla::plugin::{admission, meta, reconciler, scheduler, strategy};
+pub use exports::flotilla::plugin::{
+    admission, meta, reconciler, scheduler, strategy, strategy_inputs,
+};
 pub use flotilla::plugin::{
     api, balancing, cache, clock, config, endpoint_load, log, scheduling, types,
 };

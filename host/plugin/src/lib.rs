@@ -49,7 +49,7 @@ use host::{HostState, Stop};
 /// The WIT package every plugin is built against.
 pub const WIT_PACKAGE: &str = "flotilla:plugin";
 /// The version of that package this host serves.
-pub const WIT_VERSION: &str = "0.1.2";
+pub const WIT_VERSION: &str = "0.1.3";
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);

@@ -1,7 +1,7 @@
 //! The typed handle on a `proxy-strategy` instance.
 
 use crate::bindings::balancing::{PickRequest, Service};
-use crate::bindings::strategy;
+use crate::bindings::{strategy, strategy_inputs};
 use crate::{Instance, PluginError, World, within};
 
 /// A proxy strategy instance: service updates and picks, each bounded like every call.
@@ -9,6 +9,8 @@ use crate::{Instance, PluginError, World, within};
 pub struct ProxyStrategy {
     instance: Instance,
     guest: crate::Exports<strategy::Guest>,
+    /// `strategy-inputs`, exported since 0.1.3.
+    inputs: Option<crate::Exports<strategy_inputs::Guest>>,
 }
 
 fn service_size(service: &Service) -> usize {
@@ -50,10 +52,29 @@ impl ProxyStrategy {
         let guest = instance.guest(World::ProxyStrategy, |pre, store, instance| {
             strategy::GuestIndices::new(pre)?.load(store, instance)
         })?;
+        // A strategy built against 0.1.0–0.1.2 does not export it.
+        let inputs = instance
+            .guest(World::ProxyStrategy, |pre, store, instance| {
+                strategy_inputs::GuestIndices::new(pre)?.load(store, instance)
+            })
+            .ok();
         Ok(Self {
             instance,
             guest: crate::Exports(guest),
+            inputs: inputs.map(crate::Exports),
         })
+    }
+
+    /// Whether its picks at L7 should carry the HTTP request: its own answer, or yes for a
+    /// strategy that does not say (built against an earlier 0.1.x).
+    pub async fn reads_http(&mut self) -> Result<bool, PluginError> {
+        let Some(inputs) = &self.inputs else {
+            return Ok(true);
+        };
+        let deadline = self.instance.begin(0)?;
+        let call = inputs.0.call_reads_http(&mut self.instance.store);
+        let outcome = within(deadline, call).await;
+        self.instance.finish(outcome, |_| 1)
     }
 
     pub fn is_poisoned(&self) -> bool {

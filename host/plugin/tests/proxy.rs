@@ -232,4 +232,32 @@ async fn the_built_in_strategies_balance_as_their_names_say() {
         headers: vec![("x-canary".into(), "1".into())],
     });
     assert_eq!(picks(&mut canary, &flagged, 3).await, [Some(10); 3]);
+
+    // Only the canary reads the HTTP request (its header rule): the proxy spares the others
+    // lowering it for every request.
+    assert!(canary.reads_http().await.unwrap());
+    for strategy in [&mut round_robin, &mut random, &mut least, &mut affinity] {
+        assert!(!strategy.reads_http().await.unwrap());
+    }
+}
+
+/// A strategy built against the released 0.1.2 files, which predate `strategy-inputs`, loads
+/// in this host, counts as reading the HTTP request, and routes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strategy_built_before_strategy_inputs_gets_the_http_request() {
+    let mut released = builtin("released-strategy", Arc::new(Load::default())).await;
+    assert!(released.reads_http().await.unwrap());
+    assert_ne!(flotilla_plugin::WIT_VERSION, "0.1.2");
+    released.update(&service(vec![])).await.unwrap();
+    let mut request = pick(vec![]);
+    assert_eq!(released.pick(&request).await.unwrap(), None, "no request, no route");
+    for (path, id) in [("/0", Some(1)), ("/2", Some(3)), ("/9", None)] {
+        request.http = Some(flotilla_plugin::bindings::balancing::HttpRequest {
+            method: "GET".into(),
+            authority: "web".into(),
+            path: path.into(),
+            headers: vec![],
+        });
+        assert_eq!(released.pick(&request).await.unwrap(), id, "{path}");
+    }
 }

@@ -91,9 +91,18 @@ impl Backend {
     }
 }
 
-/// A live strategy instance; swapped whole, so picks in flight finish on the instance they
+/// A live strategy instance and what it reads of a pick.
+#[derive(Debug)]
+pub struct Live {
+    /// Whether picks carry the HTTP request: the strategy's own answer (`strategy-inputs`),
+    /// yes for one built against an earlier 0.1.x.
+    pub reads_http: bool,
+    pub instance: Mutex<ProxyStrategy>,
+}
+
+/// A strategy's live instance; swapped whole, so picks in flight finish on the instance they
 /// started with.
-pub type Strategy = Swap<Mutex<ProxyStrategy>>;
+pub type Strategy = Swap<Live>;
 
 /// Who a connection comes from: its address, and its IP as strategies read it, rendered once
 /// per connection rather than once per pick.
@@ -260,15 +269,17 @@ impl Shared {
         let Some(strategy) = self.strategy(name) else {
             return Err(());
         };
+        let live = strategy.current();
         let request = PickRequest {
             service: backend.key.clone(),
             client_ip: client.ip.clone(),
             client_port: client.addr.port(),
-            http: http.map(HttpView::record),
+            // Lowering the request line and headers into the instance costs every request:
+            // only for strategies that read them.
+            http: http.filter(|_| live.reads_http).map(HttpView::record),
             exclude: exclude.to_vec(),
         };
-        let instance = strategy.current();
-        let mut instance = instance.lock().await;
+        let mut instance = live.instance.lock().await;
         match instance.pick(&request).await {
             Ok(pick) => Ok(pick),
             Err(error) => {

@@ -44,7 +44,7 @@ use kube::runtime::watcher;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use balance::{Backend, Endpoint, Load, Shared, Strategy};
+use balance::{Backend, Endpoint, Live, Load, Shared, Strategy};
 use model::PortSpec;
 
 /// The built-in strategies a cluster starts with, as WasmPlugins of the same names.
@@ -791,8 +791,8 @@ impl Proxy {
         let Some(strategy) = self.shared.strategy(name) else {
             return;
         };
-        let instance = strategy.current();
-        let mut instance = instance.lock().await;
+        let live = strategy.current();
+        let mut instance = live.instance.lock().await;
         let result = match change {
             Change::Update(service) => instance.update(service).await,
             Change::Remove(key) => instance.remove(key).await,
@@ -866,13 +866,14 @@ impl Proxy {
         });
     }
 
-    /// A new instance of a strategy, given every service that uses it.
+    /// A new instance of a strategy, given every service that uses it, with what it reads of
+    /// a pick.
     async fn instantiate(
         &self,
         name: &str,
         module: &Module,
         spec: &WasmPluginSpec,
-    ) -> Result<(ProxyStrategy, String), String> {
+    ) -> Result<(Live, String), String> {
         let services = Services {
             config: spec.config_json(),
             load: Some(Arc::new(Load(self.shared.clone()))),
@@ -885,6 +886,7 @@ impl Proxy {
         let info = instance.info().await.map_err(|e| e.to_string())?;
         instance.self_check().await.map_err(|e| e.to_string())?;
         let mut strategy = ProxyStrategy::new(instance).map_err(|e| e.to_string())?;
+        let reads_http = strategy.reads_http().await.map_err(|e| e.to_string())?;
         for port in self.ports.values() {
             if port.spec.strategy.as_deref() == Some(name) {
                 let ids: Vec<u32> = port
@@ -899,19 +901,23 @@ impl Proxy {
                     .map_err(|e| e.to_string())?;
             }
         }
-        Ok((strategy, info.version))
+        let live = Live {
+            reads_http,
+            instance: Mutex::new(strategy),
+        };
+        Ok((live, info.version))
     }
 
     /// Puts an instance in service: the first one, or a swap that leaves picks in flight on
     /// the old one.
-    fn install(&self, name: &str, strategy: ProxyStrategy) {
+    fn install(&self, name: &str, strategy: Live) {
         match self.shared.strategy(name) {
             Some(live) => {
-                live.replace(Mutex::new(strategy));
+                live.replace(strategy);
             }
             None => self
                 .shared
-                .set_strategy(name, Some(Arc::new(Strategy::new(Mutex::new(strategy))))),
+                .set_strategy(name, Some(Arc::new(Strategy::new(strategy)))),
         }
     }
 
@@ -977,7 +983,7 @@ impl Proxy {
         };
         slot.health.failed(&error);
         let poisoned = match self.shared.strategy(name) {
-            Some(live) => live.current().lock().await.is_poisoned(),
+            Some(live) => live.current().instance.lock().await.is_poisoned(),
             None => false,
         };
         if poisoned

@@ -13,7 +13,7 @@ impl exports::flotilla::plugin::meta::Guest for Probe {
         exports::flotilla::plugin::meta::PluginInfo {
             name: "probe".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            wit_version: "0.1.2".to_owned(),
+            wit_version: "0.1.3".to_owned(),
         }
     }
 

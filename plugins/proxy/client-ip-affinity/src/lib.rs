@@ -134,6 +134,7 @@ impl ClientIpAffinity {
 impl ProxyStrategy for ClientIpAffinity {
     const NAME: &'static str = "client-ip-affinity";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const READS_HTTP: bool = false;
 
     fn new(_config: &str) -> Result<Self, String> {
         Ok(Self::default())

@@ -41,6 +41,7 @@ impl LeastConnections {
 impl ProxyStrategy for LeastConnections {
     const NAME: &'static str = "least-connections";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const READS_HTTP: bool = false;
 
     fn new(_config: &str) -> Result<Self, String> {
         Ok(Self::default())

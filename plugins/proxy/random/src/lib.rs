@@ -74,6 +74,7 @@ fn next_u64(state: &mut u64, entropy: u64) -> u64 {
 impl ProxyStrategy for Random {
     const NAME: &'static str = "random";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const READS_HTTP: bool = false;
 
     fn new(_config: &str) -> Result<Self, String> {
         Ok(Self::seeded(host::now()))

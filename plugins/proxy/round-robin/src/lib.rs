@@ -26,6 +26,7 @@ pub struct RoundRobin {
 impl ProxyStrategy for RoundRobin {
     const NAME: &'static str = "round-robin";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const READS_HTTP: bool = false;
 
     fn new(_config: &str) -> Result<Self, String> {
         Ok(Self::default())

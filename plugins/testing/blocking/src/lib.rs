@@ -20,7 +20,7 @@ impl Meta for Blocking {
         PluginInfo {
             name: "blocking".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            wit_version: "0.1.2".into(),
+            wit_version: "0.1.3".into(),
         }
     }
 
