@@ -262,8 +262,9 @@ async fn strategy_ready(client: &kube::Client) -> anyhow::Result<bool> {
 }
 
 /// One pick by the built-in WASM round-robin, in this process: p50 and p99 in nanoseconds of
-/// `calls` picks for an L7 request (method, authority, path and a Host header) and as many
-/// for an L4 connection (no HTTP request), each through `ProxyStrategy::pick` as the proxy
+/// `calls` picks with an HTTP request (method, authority, path and a Host header: what a
+/// strategy that reads it gets at L7) and as many without (L4, and L7 for a strategy that does
+/// not read it, as round-robin), each through `ProxyStrategy::pick` as the proxy
 /// calls it (the epoch deadline, the boundary budget, the async call into the instance).
 async fn pick_cost(calls: usize) -> anyhow::Result<[(u64, u64); 2]> {
     use flotilla_plugin::bindings::balancing::{Endpoint, HttpRequest, PickRequest, Service};
@@ -543,7 +544,7 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         out,
-        "One WASM round-robin pick in process (100,000 each): L7 request p50 {:.2} µs, p99 {:.2} µs; L4 connection p50 {:.2} µs, p99 {:.2} µs.",
+        "One WASM round-robin pick in process (100,000 each): with the HTTP request p50 {:.2} µs, p99 {:.2} µs; without it (L4, and L7 for strategies that do not read it, round-robin among them) p50 {:.2} µs, p99 {:.2} µs.",
         l7_p50 as f64 / 1000.0,
         l7_p99 as f64 / 1000.0,
         l4_p50 as f64 / 1000.0,

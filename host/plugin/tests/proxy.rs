@@ -250,7 +250,11 @@ async fn a_strategy_built_before_strategy_inputs_gets_the_http_request() {
     assert_ne!(flotilla_plugin::WIT_VERSION, "0.1.2");
     released.update(&service(vec![])).await.unwrap();
     let mut request = pick(vec![]);
-    assert_eq!(released.pick(&request).await.unwrap(), None, "no request, no route");
+    assert_eq!(
+        released.pick(&request).await.unwrap(),
+        None,
+        "no request, no route"
+    );
     for (path, id) in [("/0", Some(1)), ("/2", Some(3)), ("/9", None)] {
         request.http = Some(flotilla_plugin::bindings::balancing::HttpRequest {
             method: "GET".into(),

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use flotilla_proxy::balance::{Backend, Endpoint, Shared};
+use flotilla_plugin::bindings::balancing::{Endpoint as WitEndpoint, Service};
+use flotilla_plugin::{EngineConfig, Limits, PluginHost, ProxyStrategy, Services, World};
+use flotilla_proxy::balance::{Backend, Endpoint, Live, Shared, Strategy};
 use flotilla_proxy::forward;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,13 +31,22 @@ async fn dead_address() -> SocketAddr {
 /// An HTTP/1.1 server answering `ok` to every request, keeping connections open; counts the
 /// connections it accepted.
 async fn http_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, accepted, _) = counting_http_endpoint().await;
+    (addr, accepted)
+}
+
+/// [`http_endpoint`], counting the requests it answered too.
+async fn counting_http_endpoint() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
+    let requests = answered.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            let requests = requests.clone();
             tokio::spawn(async move {
                 let mut stream = BufReader::new(stream);
                 loop {
@@ -49,6 +60,7 @@ async fn http_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
                             Ok(_) => {}
                         }
                     }
+                    requests.fetch_add(1, Ordering::SeqCst);
                     let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                     if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
                         return;
@@ -57,7 +69,7 @@ async fn http_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, answered)
 }
 
 /// A TCP server that writes `hello` on each connection and closes it.
@@ -83,15 +95,20 @@ fn frontend(backend: Backend, stop: &CancellationToken) -> (SocketAddr, Arc<Shar
     (addr, shared)
 }
 
-/// `count` GETs on one keep-alive connection: the status line and body of each.
+/// `count` GETs of `/` on one keep-alive connection: the status line and body of each.
 async fn requests(addr: SocketAddr, count: usize) -> Vec<(String, String)> {
+    requests_of(addr, "/", count).await
+}
+
+/// `count` GETs of `path` on one keep-alive connection: the status line and body of each.
+async fn requests_of(addr: SocketAddr, path: &str, count: usize) -> Vec<(String, String)> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut stream = BufReader::new(stream);
     let mut answers = Vec::new();
     for _ in 0..count {
         stream
             .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut status = String::new();
@@ -197,5 +214,98 @@ async fn a_service_without_endpoints_answers_503_and_all_refusing_502() {
     assert_eq!(answers[0].0, "HTTP/1.1 502 Bad Gateway");
     assert!(answers[0].1.contains("2 tried"), "{answers:?}");
     assert_eq!(shared.stats.unrouted.load(Ordering::Relaxed), 1);
+    stop.cancel();
+}
+
+/// A strategy's live instance from a built-in module, given the service it balances.
+async fn strategy(name: &str, service: &Service) -> Live {
+    let wasm = flotilla_builtins::find(name).unwrap().wasm;
+    let host = PluginHost::new(EngineConfig::default()).unwrap();
+    let module = host.load(name, World::ProxyStrategy, wasm, None).unwrap();
+    let instance = module
+        .instantiate(Limits::default(), Services::default())
+        .await
+        .unwrap();
+    let mut instance = ProxyStrategy::new(instance).unwrap();
+    instance.update(service).await.unwrap();
+    Live {
+        reads_http: instance.reads_http().await.unwrap(),
+        instance: tokio::sync::Mutex::new(instance),
+    }
+}
+
+/// A strategy that routes on the request — one built against 0.1.2, before strategies could
+/// say what they read, so the proxy sends it every request's line and headers — picks by
+/// path on the data path; the built-in round-robin, which says it does not read the request,
+/// takes turns whatever the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strategy_that_reads_the_request_routes_it_by_path() {
+    let stop = CancellationToken::new();
+    let (first, _, first_answered) = counting_http_endpoint().await;
+    let (second, _, second_answered) = counting_http_endpoint().await;
+    let answered = || {
+        (
+            first_answered.load(Ordering::SeqCst),
+            second_answered.load(Ordering::SeqCst),
+        )
+    };
+    let key = "test/web:http";
+    let service = Service {
+        key: key.into(),
+        endpoints: [(1, first), (2, second)]
+            .into_iter()
+            .map(|(id, addr)| WitEndpoint {
+                id,
+                ip: addr.ip().to_string(),
+                port: addr.port(),
+                node: None,
+                zone: None,
+                ready: true,
+                terminating: false,
+            })
+            .collect(),
+        annotations: vec![],
+        client_ip_affinity_seconds: None,
+    };
+    let live = strategy("released-strategy", &service).await;
+    assert!(live.reads_http, "a 0.1.2 strategy cannot say it does not");
+    let backend = Backend::new(
+        key.into(),
+        true,
+        Some("picker".into()),
+        vec![endpoint(1, first), endpoint(2, second)],
+    );
+    let (addr, shared) = frontend(backend, &stop);
+    shared.set_strategy("picker", Some(Arc::new(Strategy::new(live))));
+
+    // `/1` is the second endpoint's, every time; `/0` the first's.
+    let ok = |answers: &[(String, String)]| {
+        answers
+            .iter()
+            .all(|(s, b)| s == "HTTP/1.1 200 OK" && b == "ok")
+    };
+    let answers = requests_of(addr, "/1", 6).await;
+    assert!(ok(&answers), "{answers:?}");
+    assert_eq!(answered(), (0, 6));
+    let answers = requests_of(addr, "/0", 2).await;
+    assert!(ok(&answers), "{answers:?}");
+    assert_eq!(answered(), (2, 6));
+    // A path it routes nowhere: the strategy's "none" is honoured, not overridden.
+    let answers = requests_of(addr, "/other", 1).await;
+    assert_eq!(
+        answers[0].0, "HTTP/1.1 503 Service Unavailable",
+        "{answers:?}"
+    );
+    assert_eq!(answered(), (2, 6));
+    assert_eq!(shared.stats.fallbacks.load(Ordering::Relaxed), 0);
+
+    // Swapped for the built-in round-robin: it gets no request, and takes turns.
+    let round_robin = strategy("round-robin", &service).await;
+    assert!(!round_robin.reads_http);
+    shared.set_strategy("picker", Some(Arc::new(Strategy::new(round_robin))));
+    let answers = requests_of(addr, "/1", 4).await;
+    assert!(ok(&answers), "{answers:?}");
+    assert_eq!(answered(), (4, 8));
+    assert_eq!(shared.stats.fallbacks.load(Ordering::Relaxed), 0);
     stop.cancel();
 }
