@@ -344,6 +344,14 @@ mod tests {
         assert!(backend.round_robin(&[1, 2, 3]).is_none());
     }
 
+    fn view(request: &hyper::Request<()>) -> HttpView<'_> {
+        HttpView {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+        }
+    }
+
     #[test]
     fn a_strategy_sees_the_request_line_the_host_and_the_headers() {
         let request = hyper::Request::post("http://fallback.example/cart/items?id=7")
@@ -351,12 +359,7 @@ mod tests {
             .header("x-canary", "yes")
             .body(())
             .unwrap();
-        let view = HttpView {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-        };
-        let seen = view.record();
+        let seen = view(&request).record();
         assert_eq!(seen.method, "POST");
         assert_eq!(seen.authority, "shop.example:8080", "the Host header wins");
         assert_eq!(
@@ -370,12 +373,7 @@ mod tests {
         let bare = hyper::Request::get("http://fallback.example")
             .body(())
             .unwrap();
-        let view = HttpView {
-            method: bare.method(),
-            uri: bare.uri(),
-            headers: bare.headers(),
-        };
-        let seen = view.record();
+        let seen = view(&bare).record();
         assert_eq!(seen.authority, "fallback.example");
         assert_eq!(seen.path, "/");
         assert!(seen.headers.is_empty());
