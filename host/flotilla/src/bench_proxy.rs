@@ -336,6 +336,21 @@ async fn pick_cost(calls: usize) -> anyhow::Result<[(u64, u64); 2]> {
     Ok(out)
 }
 
+/// One wrk run on `url`, and the server process's CPU time per request it served, in µs.
+async fn measure(
+    server: &ServerProcess,
+    url: &str,
+    seconds: u64,
+    connections: u32,
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<(Load, f64)> {
+    let before = server.cpu();
+    let load = wrk_on(url, seconds, connections, cpus).await?;
+    let used = server.cpu().saturating_sub(before);
+    let requests = load.requests_per_second * seconds as f64;
+    Ok((load, used.as_secs_f64() * 1e6 / requests.max(1.0)))
+}
+
 /// The round with the median throughput.
 fn median(mut loads: Vec<Load>) -> Load {
     loads.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
@@ -413,11 +428,8 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
         };
         for index in order {
             let (what, url) = &paths[index];
-            let before = server.cpu();
-            let load = wrk_on(url, args.seconds, args.connections, load_cpus).await?;
-            let used = server.cpu().saturating_sub(before);
-            let requests = load.requests_per_second * args.seconds as f64;
-            let per_request = used.as_secs_f64() * 1e6 / requests.max(1.0);
+            let (load, per_request) =
+                measure(&server, url, args.seconds, args.connections, load_cpus).await?;
             println!(
                 "{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, server CPU {per_request:.0} µs a request",
                 load.requests_per_second, load.p50_ms, load.p99_ms, load.errors
@@ -435,20 +447,15 @@ pub async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
         let order = if pair % 2 == 0 { [1, 2] } else { [2, 1] };
         let mut figures = [(0.0, 0.0); 3];
         for index in order {
-            let before = server.cpu();
-            let load = wrk_on(
+            let (load, per_request) = measure(
+                &server,
                 &paths[index].1,
                 args.pair_seconds,
                 args.connections,
                 load_cpus,
             )
             .await?;
-            let used = server.cpu().saturating_sub(before);
-            let requests = load.requests_per_second * args.pair_seconds as f64;
-            figures[index] = (
-                load.requests_per_second,
-                used.as_secs_f64() * 1e6 / requests.max(1.0),
-            );
+            figures[index] = (load.requests_per_second, per_request);
         }
         let ((native, native_cpu), (wasm, wasm_cpu)) = (figures[1], figures[2]);
         paired.push((1.0 - wasm / native.max(1.0)) * 100.0);
