@@ -100,6 +100,16 @@ pub struct Live {
     pub instance: Mutex<ProxyStrategy>,
 }
 
+impl Live {
+    /// Puts an instance in service, asking it once what it reads of a pick.
+    pub async fn new(mut instance: ProxyStrategy) -> Result<Self, flotilla_plugin::PluginError> {
+        Ok(Self {
+            reads_http: instance.reads_http().await?,
+            instance: Mutex::new(instance),
+        })
+    }
+}
+
 /// A strategy's live instance; swapped whole, so picks in flight finish on the instance they
 /// started with.
 pub type Strategy = Swap<Live>;

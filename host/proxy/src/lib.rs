@@ -41,7 +41,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use balance::{Backend, Endpoint, Live, Load, Shared, Strategy};
@@ -886,7 +886,6 @@ impl Proxy {
         let info = instance.info().await.map_err(|e| e.to_string())?;
         instance.self_check().await.map_err(|e| e.to_string())?;
         let mut strategy = ProxyStrategy::new(instance).map_err(|e| e.to_string())?;
-        let reads_http = strategy.reads_http().await.map_err(|e| e.to_string())?;
         for port in self.ports.values() {
             if port.spec.strategy.as_deref() == Some(name) {
                 let ids: Vec<u32> = port
@@ -901,10 +900,7 @@ impl Proxy {
                     .map_err(|e| e.to_string())?;
             }
         }
-        let live = Live {
-            reads_http,
-            instance: Mutex::new(strategy),
-        };
+        let live = Live::new(strategy).await.map_err(|e| e.to_string())?;
         Ok((live, info.version))
     }
 

@@ -228,10 +228,7 @@ async fn strategy(name: &str, service: &Service) -> Live {
         .unwrap();
     let mut instance = ProxyStrategy::new(instance).unwrap();
     instance.update(service).await.unwrap();
-    Live {
-        reads_http: instance.reads_http().await.unwrap(),
-        instance: tokio::sync::Mutex::new(instance),
-    }
+    Live::new(instance).await.unwrap()
 }
 
 /// A strategy that routes on the request — one built against 0.1.2, before strategies could
