@@ -31,6 +31,7 @@ const GUESTS: &[&str] = &[
 const TESTING_GUESTS: &[&str] = &[
     "misbehave",
     "blocking",
+    "misbehaving-strategy",
     "zone-spread",
     "released-controller",
     "released-strategy",

@@ -265,7 +265,7 @@ async fn strategy_ready(client: &kube::Client) -> anyhow::Result<bool> {
 /// `calls` picks with an HTTP request (method, authority, path and a Host header: what a
 /// strategy that reads it gets at L7) and as many without (L4, and L7 for a strategy that does
 /// not read it, as round-robin), each through `ProxyStrategy::pick` as the proxy
-/// calls it (the epoch deadline, the boundary budget, the async call into the instance).
+/// calls it (the epoch deadline, the boundary budget, the call into the instance).
 async fn pick_cost(calls: usize) -> anyhow::Result<[(u64, u64); 2]> {
     use flotilla_plugin::bindings::balancing::{Endpoint, HttpRequest, PickRequest, Service};
     let builtin = flotilla_builtins::find("round-robin").context("round-robin is built in")?;
@@ -284,22 +284,20 @@ async fn pick_cost(calls: usize) -> anyhow::Result<[(u64, u64); 2]> {
         .await?;
     let mut strategy = flotilla_plugin::ProxyStrategy::new(instance)?;
     let key = "default/wasm:http".to_owned();
-    strategy
-        .update(&Service {
-            key: key.clone(),
-            endpoints: vec![Endpoint {
-                id: 1,
-                ip: "127.202.0.2".into(),
-                port: 8080,
-                node: Some("bench-node".into()),
-                zone: None,
-                ready: true,
-                terminating: false,
-            }],
-            annotations: Vec::new(),
-            client_ip_affinity_seconds: None,
-        })
-        .await?;
+    strategy.update(&Service {
+        key: key.clone(),
+        endpoints: vec![Endpoint {
+            id: 1,
+            ip: "127.202.0.2".into(),
+            port: 8080,
+            node: Some("bench-node".into()),
+            zone: None,
+            ready: true,
+            terminating: false,
+        }],
+        annotations: Vec::new(),
+        client_ip_affinity_seconds: None,
+    })?;
     let l7 = PickRequest {
         service: key.clone(),
         client_ip: "127.0.0.1".into(),
@@ -319,12 +317,12 @@ async fn pick_cost(calls: usize) -> anyhow::Result<[(u64, u64); 2]> {
     let mut out = [(0, 0); 2];
     for (slot, request) in out.iter_mut().zip([&l7, &l4]) {
         for _ in 0..calls / 10 {
-            strategy.pick(request).await?;
+            strategy.pick(request)?;
         }
         let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
         for _ in 0..calls {
             let t = Instant::now();
-            let pick = strategy.pick(request).await?;
+            let pick = strategy.pick(request)?;
             histogram.record(t.elapsed().as_nanos() as u64)?;
             anyhow::ensure!(pick == Some(1), "the strategy picked {pick:?}");
         }

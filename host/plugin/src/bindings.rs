@@ -3,7 +3,8 @@
 //! They are generated once, from the `host` world (the union of the plugin worlds), so each
 //! imported interface has one Rust trait and each exported interface one typed handle; a
 //! plugin is instantiated against the world it declares and only that world's exports are
-//! looked up.
+//! looked up. The proxy strategy's exports (`strategy`, `strategy-inputs`) are synchronous;
+//! the rest are async.
 
 wasmtime::component::bindgen!({
     path: "../../wit/plugin",
@@ -11,11 +12,16 @@ wasmtime::component::bindgen!({
     imports: {
         "flotilla:plugin/cache": async | trappable,
         "flotilla:plugin/api": async | trappable,
-        "flotilla:plugin/endpoint-load": async | trappable,
         default: trappable,
     },
+    // A proxy strategy's calls run directly on the caller's thread, without a fiber: they
+    // are on every request's path, and their one Flotilla import (`endpoint-load`) only reads
+    // counters. Every other world's calls run on a fiber and may wait in the host.
     exports: {
-        default: async,
+        "flotilla:plugin/meta": async,
+        "flotilla:plugin/scheduler": async,
+        "flotilla:plugin/admission": async,
+        "flotilla:plugin/reconciler": async,
     },
     additional_derives: [PartialEq],
 });

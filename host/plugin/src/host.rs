@@ -1,8 +1,10 @@
 //! What a plugin instance's store carries, and the host side of the imported interfaces.
 //!
 //! Every import is bounded: strings and lists crossing the boundary are charged against the
-//! call's byte budget, and async imports (cache reads, API writes, load figures) are cut off at
-//! the call's deadline, so a guest blocked in a host call is still stopped.
+//! call's byte budget, and async imports (cache reads, API writes) are cut off at the call's
+//! deadline, so a guest blocked in a host call is still stopped. `endpoint-load` is
+//! synchronous: a proxy strategy's calls run without a fiber (see [`crate::nowait`]), and its
+//! figures are counters read in place.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -129,10 +131,10 @@ fn not_served(call: &str) -> Status {
     }
 }
 
-/// Per-endpoint load figures the proxy keeps.
-#[async_trait::async_trait]
+/// Per-endpoint load figures the proxy keeps. Read on the caller's thread in the middle of a
+/// pick: it must answer at once, without waiting.
 pub trait EndpointLoad: Send + Sync {
-    async fn active(&self, service: &str, ids: &[u32]) -> Vec<u32>;
+    fn active(&self, service: &str, ids: &[u32]) -> Vec<u32>;
 }
 
 /// What the host offers one plugin instance beyond WASI: its configuration and the optional
@@ -192,7 +194,11 @@ impl HostState {
         let stderr = Tail::default();
         // Plugins built with a standard library import WASI. They get a sandbox: no arguments,
         // environment, files or sockets; stdout is dropped and stderr kept for trap messages.
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
         Self {
             plugin,
             digest,
@@ -581,12 +587,11 @@ impl api::Host for HostState {
 }
 
 impl endpoint_load::Host for HostState {
-    async fn active(&mut self, service: String, ids: Vec<u32>) -> wasmtime::Result<Vec<u32>> {
+    fn active(&mut self, service: String, ids: Vec<u32>) -> wasmtime::Result<Vec<u32>> {
         let Some(load) = self.services.load.clone() else {
             return Ok(vec![0; ids.len()]);
         };
         self.charge(ids.len() * 4)?;
-        self.bounded("endpoint-load.active", load.active(&service, &ids))
-            .await
+        Ok(load.active(&service, &ids))
     }
 }

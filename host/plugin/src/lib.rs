@@ -5,7 +5,8 @@
 //! passes before it is instantiated ([`world`]), the per-call limits (deadline, memory, bytes
 //! crossing the boundary), the host side of the imported interfaces ([`host`]), hot-swap and
 //! health bookkeeping ([`swap`]), and the only WIT host bindings in the project
-//! ([`bindings`]). It must not know what a plugin kind is for beyond the world it binds:
+//! ([`bindings`]). Proxy strategies are linked apart ([`nowait`]): their calls run directly on
+//! the caller's thread, without a fiber, so nothing they import may wait. It must not know what a plugin kind is for beyond the world it binds:
 //! scheduling, admission and the rest drive plugins through the typed handles here
 //! ([`SchedulerPolicy`], [`AdmissionPolicy`], [`Controller`], [`ProxyStrategy`]), and fetching
 //! modules or reporting status belongs to them. The artifact cache ([`ArtifactCache`]) also
@@ -16,6 +17,7 @@ pub mod bindings;
 mod cache;
 mod controller;
 mod host;
+mod nowait;
 mod proxy;
 mod scheduler;
 mod stderr;
@@ -162,11 +164,15 @@ pub fn digest(wasm: &[u8]) -> String {
 #[derive(Clone)]
 pub struct PluginHost {
     engine: Engine,
+    /// Imports that may wait (on a fiber): every world but the proxy strategy's.
     linker: Arc<Linker<HostState>>,
+    /// Imports that never wait, for proxy strategies, called without a fiber.
+    direct: Arc<Linker<HostState>>,
     cache: Arc<ArtifactCache>,
     max_memory_bytes: usize,
-    /// Held, never read: the epoch thread runs while any handle to this host exists.
-    _ticker: Arc<Ticker>,
+    /// Held, never read: the epoch thread runs while any handle to this host, or any module
+    /// or instance it made, exists.
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -248,13 +254,15 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
         bindings::Host_::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(engine_error)?;
+        let direct = nowait::linker(&engine).map_err(engine_error)?;
         let cache = ArtifactCache::new(&engine, config.cache_dir).map_err(engine_error)?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            direct: Arc::new(direct),
             cache: Arc::new(cache),
             max_memory_bytes: config.max_memory_bytes,
-            _ticker: Arc::new(ticker),
+            ticker: Arc::new(ticker),
         })
     }
 
@@ -321,8 +329,9 @@ impl PluginHost {
             failure,
         };
         world::check(&self.engine, &component, world).map_err(fail)?;
-        let pre = self
-            .linker
+        let direct = world == World::ProxyStrategy;
+        let linker = if direct { &self.direct } else { &self.linker };
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
         Ok(Module {
@@ -330,8 +339,10 @@ impl PluginHost {
             digest: digest.into(),
             world,
             pre,
+            direct,
             max_memory_bytes: self.max_memory_bytes,
             engine: self.engine.clone(),
+            _ticker: self.ticker.clone(),
         })
     }
 }
@@ -343,8 +354,12 @@ pub struct Module {
     digest: Arc<str>,
     world: World,
     pre: InstancePre<HostState>,
+    /// Linked without waiting imports: its calls may run without a fiber.
+    direct: bool,
     max_memory_bytes: usize,
     engine: Engine,
+    /// Keeps the epoch advancing: a call without a fiber has no other deadline.
+    _ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for Module {
@@ -397,10 +412,13 @@ impl Module {
         store.limiter(|state| state);
         // Every tick the guest gives its thread back to the async executor, so a guest that
         // computes for long never holds a host thread for more than one tick; at its deadline
-        // it is stopped.
-        store.epoch_deadline_callback(|context| {
+        // it is stopped. A call without a fiber cannot yield: it runs on to its deadline.
+        let direct = self.direct;
+        store.epoch_deadline_callback(move |context| {
             Ok(if Instant::now() >= context.data().deadline {
                 UpdateDeadline::Interrupt
+            } else if direct {
+                UpdateDeadline::Continue(1)
             } else {
                 UpdateDeadline::Yield(1)
             })
@@ -464,11 +482,22 @@ fn classify(error: wasmtime::Error, state: &mut HostState, deadline: Duration) -
     let mut message = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => return Failure::Deadline(deadline),
         Some(trap) => trap.to_string(),
-        None => format!("{error:#}")
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        // A host call's own error: its message and causes, without the wasm backtrace.
+        None => {
+            let trace = error
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(ToString::to_string);
+            error
+                .chain()
+                .map(|cause| cause.to_string())
+                .filter(|cause| Some(cause) != trace.as_ref())
+                .collect::<Vec<_>>()
+                .join(": ")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
     };
     let said: Vec<&str> = stderr
         .lines()

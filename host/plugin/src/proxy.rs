@@ -2,9 +2,12 @@
 
 use crate::bindings::balancing::{PickRequest, Service};
 use crate::bindings::{strategy, strategy_inputs};
-use crate::{Instance, PluginError, World, within};
+use crate::{Instance, PluginError, World};
 
-/// A proxy strategy instance: service updates and picks, each bounded like every call.
+/// A proxy strategy instance: service updates and picks, each bounded like every call. They
+/// run synchronously on the caller's thread, without a fiber (the instance is linked with
+/// imports that never wait, see `nowait`); one that computes past its deadline is stopped by
+/// the epoch, holding the caller's thread until then.
 #[derive(Debug)]
 pub struct ProxyStrategy {
     instance: Instance,
@@ -67,14 +70,13 @@ impl ProxyStrategy {
 
     /// Whether its picks at L7 should carry the HTTP request: its own answer, or yes for a
     /// strategy that does not say (built against an earlier 0.1.x).
-    pub async fn reads_http(&mut self) -> Result<bool, PluginError> {
+    pub fn reads_http(&mut self) -> Result<bool, PluginError> {
         let Some(inputs) = &self.inputs else {
             return Ok(true);
         };
-        let deadline = self.instance.begin(0)?;
-        let call = inputs.0.call_reads_http(&mut self.instance.store);
-        let outcome = within(deadline, call).await;
-        self.instance.finish(outcome, |_| 1)
+        self.instance.begin(0)?;
+        let outcome = inputs.0.call_reads_http(&mut self.instance.store);
+        self.instance.finish(Some(outcome), |_| 1)
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -82,27 +84,23 @@ impl ProxyStrategy {
     }
 
     /// A service appeared or changed: the strategy gets it whole.
-    pub async fn update(&mut self, service: &Service) -> Result<(), PluginError> {
-        let deadline = self.instance.begin(service_size(service))?;
-        let call = self.guest.0.call_update(&mut self.instance.store, service);
-        let outcome = within(deadline, call).await;
-        self.instance.finish(outcome, |_| 0)
+    pub fn update(&mut self, service: &Service) -> Result<(), PluginError> {
+        self.instance.begin(service_size(service))?;
+        let outcome = self.guest.0.call_update(&mut self.instance.store, service);
+        self.instance.finish(Some(outcome), |_| 0)
     }
 
     /// A service went away.
-    pub async fn remove(&mut self, key: &str) -> Result<(), PluginError> {
-        let deadline = self.instance.begin(key.len())?;
-        let key = key.to_owned();
-        let call = self.guest.0.call_remove(&mut self.instance.store, &key);
-        let outcome = within(deadline, call).await;
-        self.instance.finish(outcome, |_| 0)
+    pub fn remove(&mut self, key: &str) -> Result<(), PluginError> {
+        self.instance.begin(key.len())?;
+        let outcome = self.guest.0.call_remove(&mut self.instance.store, key);
+        self.instance.finish(Some(outcome), |_| 0)
     }
 
     /// The endpoint for one connection or request, or none when none fits.
-    pub async fn pick(&mut self, request: &PickRequest) -> Result<Option<u32>, PluginError> {
-        let deadline = self.instance.begin(request_size(request))?;
-        let call = self.guest.0.call_pick(&mut self.instance.store, request);
-        let outcome = within(deadline, call).await;
-        self.instance.finish(outcome, |_| 4)
+    pub fn pick(&mut self, request: &PickRequest) -> Result<Option<u32>, PluginError> {
+        self.instance.begin(request_size(request))?;
+        let outcome = self.guest.0.call_pick(&mut self.instance.store, request);
+        self.instance.finish(Some(outcome), |_| 4)
     }
 }

@@ -102,9 +102,9 @@ pub struct Live {
 
 impl Live {
     /// Puts an instance in service, asking it once what it reads of a pick.
-    pub async fn new(mut instance: ProxyStrategy) -> Result<Self, flotilla_plugin::PluginError> {
+    pub fn new(mut instance: ProxyStrategy) -> Result<Self, flotilla_plugin::PluginError> {
         Ok(Self {
-            reads_http: instance.reads_http().await?,
+            reads_http: instance.reads_http()?,
             instance: Mutex::new(instance),
         })
     }
@@ -290,7 +290,7 @@ impl Shared {
             exclude: exclude.to_vec(),
         };
         let mut instance = live.instance.lock().await;
-        match instance.pick(&request).await {
+        match instance.pick(&request) {
             Ok(pick) => Ok(pick),
             Err(error) => {
                 let _ = self.failures.send((name.to_owned(), error.to_string()));
@@ -304,9 +304,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Load(pub Arc<Shared>);
 
-#[async_trait::async_trait]
 impl EndpointLoad for Load {
-    async fn active(&self, _service: &str, ids: &[u32]) -> Vec<u32> {
+    fn active(&self, _service: &str, ids: &[u32]) -> Vec<u32> {
         let endpoints = read(&self.0.endpoints);
         ids.iter()
             .map(|id| {

@@ -794,8 +794,8 @@ impl Proxy {
         let live = strategy.current();
         let mut instance = live.instance.lock().await;
         let result = match change {
-            Change::Update(service) => instance.update(service).await,
-            Change::Remove(key) => instance.remove(key).await,
+            Change::Update(service) => instance.update(service),
+            Change::Remove(key) => instance.remove(key),
         };
         drop(instance);
         if let Err(error) = result {
@@ -896,11 +896,10 @@ impl Proxy {
                     .collect();
                 strategy
                     .update(&wit_service(&port.spec, &ids))
-                    .await
                     .map_err(|e| e.to_string())?;
             }
         }
-        let live = Live::new(strategy).await.map_err(|e| e.to_string())?;
+        let live = Live::new(strategy).map_err(|e| e.to_string())?;
         Ok((live, info.version))
     }
 

@@ -227,8 +227,8 @@ async fn strategy(name: &str, service: &Service) -> Live {
         .await
         .unwrap();
     let mut instance = ProxyStrategy::new(instance).unwrap();
-    instance.update(service).await.unwrap();
-    Live::new(instance).await.unwrap()
+    instance.update(service).unwrap();
+    Live::new(instance).unwrap()
 }
 
 /// A strategy that routes on the request — one built against 0.1.2, before strategies could
