@@ -71,6 +71,12 @@ pub struct PickRequest {
 }
 
 /// A load-balancing strategy. One value lives in the plugin's instance.
+///
+/// The proxy calls a strategy directly on the thread serving the connection, without a fiber,
+/// so its calls may not wait: sleeping, or blocking on a WASI pollable that is not ready,
+/// traps (the pick fails, the proxy falls back to its round-robin and loads a fresh
+/// instance). Writing to stderr and reading [`active`] never wait. A call that computes past
+/// its deadline (`spec.limits`, 100 ms by default) is stopped.
 pub trait ProxyStrategy: Sized + 'static {
     const NAME: &'static str;
     const VERSION: &'static str;
