@@ -297,7 +297,7 @@ impl tokio::io::AsyncWrite for Output {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let (engine, ticker) = flotilla_plugin::pooled_engine(&config, "flotilla-node-epoch")
+        let (engine, ticker) = flotilla_plugin::pooled_engine(&config)
             .map_err(|e| runtime_error("cannot start wasmtime", e))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)

@@ -25,8 +25,8 @@ mod swap;
 mod world;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -170,8 +170,8 @@ pub struct PluginHost {
     direct: Arc<Linker<HostState>>,
     cache: Arc<ArtifactCache>,
     max_memory_bytes: usize,
-    /// Held, never read: the epoch thread runs while any handle to this host, or any module
-    /// or instance it made, exists.
+    /// Held, never read: the engine's epoch advances while any handle to this host, or any
+    /// module or instance it made, exists.
     ticker: Arc<Ticker>,
 }
 
@@ -192,23 +192,75 @@ impl<T> std::fmt::Debug for Exports<T> {
     }
 }
 
-/// Stops its engine's epoch thread when dropped (keep it as long as the engine runs guests).
+/// Keeps its engine's epoch advancing until dropped (keep it as long as the engine runs guests).
 #[derive(Debug)]
 pub struct Ticker {
-    stop: Arc<AtomicBool>,
+    id: u64,
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(epochs) = epochs() {
+            lock(&epochs.engines).retain(|(id, _)| *id != self.id);
+        }
     }
 }
 
+/// The engines whose epoch the process's one epoch thread advances, by [`Ticker`] id. One
+/// thread for all: each wake-up is a context switch on a core that also serves requests.
+struct Epochs {
+    engines: Mutex<Vec<(u64, wasmtime::EngineWeak)>>,
+    /// Signalled when an engine is added, so the thread sleeps while there is none.
+    added: Condvar,
+    next: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process's epoch thread, started on first use.
+fn epochs() -> Result<&'static Epochs, EngineError> {
+    static EPOCHS: OnceLock<Result<Epochs, String>> = OnceLock::new();
+    EPOCHS
+        .get_or_init(|| {
+            std::thread::Builder::new()
+                .name("flotilla-epoch".into())
+                .spawn(|| {
+                    let Ok(epochs) = epochs() else { return };
+                    loop {
+                        let mut engines = lock(&epochs.engines);
+                        while engines.is_empty() {
+                            engines = epochs
+                                .added
+                                .wait(engines)
+                                .unwrap_or_else(|e| e.into_inner());
+                        }
+                        drop(engines);
+                        std::thread::sleep(EPOCH_TICK);
+                        for (_, weak) in lock(&epochs.engines).iter() {
+                            if let Some(engine) = weak.upgrade() {
+                                engine.increment_epoch();
+                            }
+                        }
+                    }
+                })
+                .map(|_| Epochs {
+                    engines: Mutex::new(Vec::new()),
+                    added: Condvar::new(),
+                    next: AtomicU64::new(0),
+                })
+                .map_err(|e| format!("cannot start the epoch thread: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| EngineError(e.clone()))
+}
+
 /// A wasmtime engine as Flotilla runs guests: the component model, the pooling allocator sized
-/// by `config`, and epoch interruption advanced every millisecond by a thread named `thread`
-/// until the returned [`Ticker`] is dropped. The plugin host and the node agent's workload
-/// runtime both run on one.
-pub fn pooled_engine(config: &EngineConfig, thread: &str) -> Result<(Engine, Ticker), EngineError> {
+/// by `config`, and epoch interruption, advanced every millisecond by the process's epoch
+/// thread until the returned [`Ticker`] is dropped. The plugin host and the node agent's
+/// workload runtime both run on one.
+pub fn pooled_engine(config: &EngineConfig) -> Result<(Engine, Ticker), EngineError> {
     let instances = config.max_instances.max(1);
     let mut pooling = PoolingAllocationConfig::default();
     // A component holds several core instances and tables, and usually one or two memories.
@@ -225,22 +277,11 @@ pub fn pooled_engine(config: &EngineConfig, thread: &str) -> Result<(Engine, Tic
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = Engine::new(&engine_config).map_err(engine_error)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let weak = engine.weak();
-    let thread_stop = stop.clone();
-    std::thread::Builder::new()
-        .name(thread.into())
-        .spawn(move || {
-            while !thread_stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        })
-        .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))?;
-    Ok((engine, Ticker { stop }))
+    let epochs = epochs()?;
+    let id = epochs.next.fetch_add(1, Ordering::Relaxed);
+    lock(&epochs.engines).push((id, engine.weak()));
+    epochs.added.notify_one();
+    Ok((engine, Ticker { id }))
 }
 
 fn engine_error(e: impl std::fmt::Display) -> EngineError {
@@ -249,7 +290,7 @@ fn engine_error(e: impl std::fmt::Display) -> EngineError {
 
 impl PluginHost {
     pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
-        let (engine, ticker) = pooled_engine(&config, "flotilla-plugin-epoch")?;
+        let (engine, ticker) = pooled_engine(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
         bindings::Host_::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
