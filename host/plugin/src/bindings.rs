@@ -26,6 +26,17 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
+/// Adds the host side of every Flotilla interface to one of the host's linkers (the world check
+/// keeps each plugin to its own world's imports).
+pub(crate) fn add_flotilla_imports(
+    linker: &mut wasmtime::component::Linker<crate::host::HostState>,
+) -> wasmtime::Result<()> {
+    Host_::add_to_linker::<_, wasmtime::component::HasSelf<crate::host::HostState>>(
+        linker,
+        |state| state,
+    )
+}
+
 pub use exports::flotilla::plugin::{
     admission, meta, reconciler, scheduler, strategy, strategy_inputs,
 };

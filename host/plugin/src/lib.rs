@@ -6,8 +6,8 @@
 //! crossing the boundary), the host side of the imported interfaces ([`host`]), hot-swap and
 //! health bookkeeping ([`swap`]), and the only WIT host bindings in the project
 //! ([`bindings`]). Proxy strategies are linked apart ([`nowait`]): their calls run directly on
-//! the caller's thread, without a fiber, so nothing they import may wait. It must not know what a plugin kind is for beyond the world it binds:
-//! scheduling, admission and the rest drive plugins through the typed handles here
+//! the caller's thread, without a fiber, so nothing they import may wait. It must not know
+//! what a plugin kind is for beyond the world it binds: scheduling, admission and the rest drive plugins through the typed handles here
 //! ([`SchedulerPolicy`], [`AdmissionPolicy`], [`Controller`], [`ProxyStrategy`]), and fetching
 //! modules or reporting status belongs to them. The artifact cache ([`ArtifactCache`]) also
 //! serves the node agent's engine for workload components.
@@ -30,7 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
@@ -293,8 +293,7 @@ impl PluginHost {
         let (engine, ticker) = pooled_engine(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
-        bindings::Host_::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(engine_error)?;
+        bindings::add_flotilla_imports(&mut linker).map_err(engine_error)?;
         let direct = nowait::linker(&engine).map_err(engine_error)?;
         let cache = ArtifactCache::new(&engine, config.cache_dir).map_err(engine_error)?;
         Ok(Self {
@@ -370,8 +369,11 @@ impl PluginHost {
             failure,
         };
         world::check(&self.engine, &component, world).map_err(fail)?;
-        let direct = world == World::ProxyStrategy;
-        let linker = if direct { &self.direct } else { &self.linker };
+        let linker = if world.calls_directly() {
+            &self.direct
+        } else {
+            &self.linker
+        };
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| fail(Failure::Instantiate(format!("{e:#}"))))?;
@@ -380,7 +382,6 @@ impl PluginHost {
             digest: digest.into(),
             world,
             pre,
-            direct,
             max_memory_bytes: self.max_memory_bytes,
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
@@ -395,8 +396,6 @@ pub struct Module {
     digest: Arc<str>,
     world: World,
     pre: InstancePre<HostState>,
-    /// Linked without waiting imports: its calls may run without a fiber.
-    direct: bool,
     max_memory_bytes: usize,
     engine: Engine,
     /// Keeps the epoch advancing: a call without a fiber has no other deadline.
@@ -454,7 +453,7 @@ impl Module {
         // Every tick the guest gives its thread back to the async executor, so a guest that
         // computes for long never holds a host thread for more than one tick; at its deadline
         // it is stopped. A call without a fiber cannot yield: it runs on to its deadline.
-        let direct = self.direct;
+        let direct = self.world.calls_directly();
         store.epoch_deadline_callback(move |context| {
             Ok(if Instant::now() >= context.data().deadline {
                 UpdateDeadline::Interrupt
@@ -631,6 +630,21 @@ impl Instance {
         state.deadline = Instant::now() + deadline;
         self.store.set_epoch_deadline(1);
         Ok(deadline)
+    }
+
+    /// Runs a call directly on the caller's thread, without a fiber (an instance of a world
+    /// that [calls directly](World::calls_directly)): begun and finished like every call, and
+    /// stopped by the epoch alone.
+    fn call_direct<R>(
+        &mut self,
+        inputs: usize,
+        call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+        outputs: impl FnOnce(&R) -> usize,
+    ) -> Result<R, PluginError> {
+        debug_assert!(self.module.world().calls_directly());
+        self.begin(inputs)?;
+        let outcome = call(&mut self.store);
+        self.finish(Some(outcome), outputs)
     }
 
     /// Ends a call: checks the result's size against the budget and turns a failure into a

@@ -82,10 +82,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     sync::sockets::udp_create_socket::add_to_linker::<HostState, NoUdp<'static>>(l, |t| {
         NoUdp(t.sockets())
     })?;
-    crate::bindings::Host_::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
-        l,
-        |state| state,
-    )?;
+    crate::bindings::add_flotilla_imports(l)?;
     Ok(linker)
 }
 

@@ -74,9 +74,8 @@ impl ProxyStrategy {
         let Some(inputs) = &self.inputs else {
             return Ok(true);
         };
-        self.instance.begin(0)?;
-        let outcome = inputs.0.call_reads_http(&mut self.instance.store);
-        self.instance.finish(Some(outcome), |_| 1)
+        self.instance
+            .call_direct(0, |store| inputs.0.call_reads_http(store), |_| 1)
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -85,22 +84,28 @@ impl ProxyStrategy {
 
     /// A service appeared or changed: the strategy gets it whole.
     pub fn update(&mut self, service: &Service) -> Result<(), PluginError> {
-        self.instance.begin(service_size(service))?;
-        let outcome = self.guest.0.call_update(&mut self.instance.store, service);
-        self.instance.finish(Some(outcome), |_| 0)
+        let guest = &self.guest.0;
+        self.instance.call_direct(
+            service_size(service),
+            |store| guest.call_update(store, service),
+            |_| 0,
+        )
     }
 
     /// A service went away.
     pub fn remove(&mut self, key: &str) -> Result<(), PluginError> {
-        self.instance.begin(key.len())?;
-        let outcome = self.guest.0.call_remove(&mut self.instance.store, key);
-        self.instance.finish(Some(outcome), |_| 0)
+        let guest = &self.guest.0;
+        self.instance
+            .call_direct(key.len(), |store| guest.call_remove(store, key), |_| 0)
     }
 
     /// The endpoint for one connection or request, or none when none fits.
     pub fn pick(&mut self, request: &PickRequest) -> Result<Option<u32>, PluginError> {
-        self.instance.begin(request_size(request))?;
-        let outcome = self.guest.0.call_pick(&mut self.instance.store, request);
-        self.instance.finish(Some(outcome), |_| 4)
+        let guest = &self.guest.0;
+        self.instance.call_direct(
+            request_size(request),
+            |store| guest.call_pick(store, request),
+            |_| 4,
+        )
     }
 }

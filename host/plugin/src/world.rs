@@ -42,6 +42,13 @@ impl World {
         .find(|w| w.name() == name)
     }
 
+    /// Whether the world's calls run directly on the caller's thread, without a fiber, its
+    /// instances linked with imports that never wait (`nowait`): only the proxy strategy's,
+    /// whose picks are on every request's path.
+    pub(crate) fn calls_directly(self) -> bool {
+        self == World::ProxyStrategy
+    }
+
     /// The interfaces of `flotilla:plugin` the world exports.
     fn exports(self) -> &'static [&'static str] {
         match self {
